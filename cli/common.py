@@ -1,0 +1,34 @@
+"""What every rnnx command shares: one clean error line and an exit code instead of a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import typer
+
+from rnnx.runtime.errors import RnnxError, UsageError
+
+USAGE_EXIT, ERROR_EXIT, INTERRUPT_EXIT = 2, 1, 130
+
+
+def make_app(help_text: str) -> typer.Typer:
+    return typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=help_text)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn library errors into `error: ...` on stderr and an exit code (2 for usage, 1 otherwise)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        yield
+    except UsageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(USAGE_EXIT) from None
+    except RnnxError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(ERROR_EXIT) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(INTERRUPT_EXIT) from None

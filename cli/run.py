@@ -1,0 +1,42 @@
+"""rnn-run: generate text from an exported .onnx model (numpy + onnxruntime only)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rnnx.cli.common import make_app, user_errors
+
+app = make_app("Generate text from an exported rnnx .onnx model, streamed as it is produced.")
+
+
+@app.command()
+def main(
+    seed: Annotated[str, typer.Option(help="Prompt text the generated text continues.")],
+    length: Annotated[
+        int, typer.Option("--len", help="Total length in tokens (characters or words), the seed included.")
+    ] = 100,
+    model: Annotated[Path, typer.Option(help="Exported .onnx file.")] = Path("artifacts/default/model.onnx"),
+    temperature: Annotated[float, typer.Option(help="0 is greedy; higher is more random.")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Sample only from the k most likely tokens; 0 is off.")] = 0,
+    top_p: Annotated[float, typer.Option(help="Sample from the smallest set with this much probability.")] = 1.0,
+    rng_seed: Annotated[int | None, typer.Option(help="Random seed for repeatable sampling.")] = None,
+    provider: Annotated[str, typer.Option(help="Execution provider: auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Print SEED followed by generated text, LEN tokens in all."""
+    with user_errors():
+        from rnnx.runtime import Model, SamplingConfig
+
+        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, rng_seed=rng_seed)
+        loaded = Model(model, provider=provider)
+        new_tokens = loaded.new_tokens_for_length(seed, length)
+        out = sys.stdout
+        out.write(seed)
+        out.flush()
+        for piece in loaded.stream(seed, new_tokens, sampling):
+            out.write(piece)
+            out.flush()
+        out.write("\n")

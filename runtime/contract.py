@@ -1,0 +1,125 @@
+"""The ONNX contract shared by rnnx.export (which writes it) and rnnx.runtime (which reads it).
+
+Step graph, one token per call:
+
+    tokens  int64   [batch]                    ->  logits  float32 [batch, vocab]
+    h       float32 [layers, batch, hidden]    ->  h_next  float32 [layers, batch, hidden]
+    c       float32 [layers, batch, hidden]    ->  c_next  float32 [layers, batch, hidden]   (LSTM only)
+
+`batch` is a dynamic axis. Everything needed to run the file alone travels in `metadata_props`
+under the keys below; nothing else spells these names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rnnx.runtime.errors import ModelFileError
+
+FORMAT_VERSION = 1
+# Every op we emit (LSTM/GRU/RNN-14, Gather/Gemm/Concat-13, Squeeze/Unsqueeze/Split-13+) exists from
+# opset 14; 23 is the newest onnxruntime 1.20+ runs for all of them.
+OPSET_MIN, OPSET_MAX = 14, 23
+DEFAULT_OPSET = 17
+
+CELLS = ("rnn", "lstm", "gru")
+
+TOKENS = "tokens"
+H, C = "h", "c"
+LOGITS = "logits"
+H_NEXT, C_NEXT = "h_next", "c_next"
+BATCH_AXIS = "batch"
+
+META_FORMAT = "rnnx.format_version"
+META_CELL = "rnnx.cell"
+META_LAYERS = "rnnx.layers"
+META_HIDDEN = "rnnx.hidden"
+META_VOCAB_SIZE = "rnnx.vocab_size"
+META_TOKENIZER = "rnnx.tokenizer"  # JSON: kind, vocabulary, unknown-token id, rules
+META_PRODUCER = "rnnx.producer"
+META_KEYS = frozenset(
+    {META_FORMAT, META_CELL, META_LAYERS, META_HIDDEN, META_VOCAB_SIZE, META_TOKENIZER, META_PRODUCER}
+)
+
+
+def state_inputs(cell: str) -> tuple[str, ...]:
+    return (H, C) if cell == "lstm" else (H,)
+
+
+def state_outputs(cell: str) -> tuple[str, ...]:
+    return (H_NEXT, C_NEXT) if cell == "lstm" else (H_NEXT,)
+
+
+def check_opset(opset: int) -> int:
+    from rnnx.runtime.errors import UsageError
+
+    if not OPSET_MIN <= opset <= OPSET_MAX:
+        raise UsageError(f"opset {opset} is not supported: choose one from {OPSET_MIN} to {OPSET_MAX}")
+    return opset
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the metadata of an rnnx `.onnx` file says about the model inside it."""
+
+    cell: str
+    layers: int
+    hidden: int
+    vocab_size: int
+    tokenizer: dict[str, Any]
+    producer: str = "rnnx"
+
+    @property
+    def state_inputs(self) -> tuple[str, ...]:
+        return state_inputs(self.cell)
+
+    @property
+    def state_outputs(self) -> tuple[str, ...]:
+        return state_outputs(self.cell)
+
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            META_FORMAT: str(FORMAT_VERSION),
+            META_CELL: self.cell,
+            META_LAYERS: str(self.layers),
+            META_HIDDEN: str(self.hidden),
+            META_VOCAB_SIZE: str(self.vocab_size),
+            META_TOKENIZER: json.dumps(self.tokenizer, ensure_ascii=False, separators=(",", ":")),
+            META_PRODUCER: self.producer,
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], source: str) -> ModelInfo:
+        if META_FORMAT not in meta:
+            raise ModelFileError(f"{source} has no rnnx metadata: export it with rnn-export")
+        try:
+            version = int(meta[META_FORMAT])
+        except ValueError:
+            raise ModelFileError(f"{source}: unreadable {META_FORMAT} {meta[META_FORMAT]!r}") from None
+        if version > FORMAT_VERSION:
+            raise ModelFileError(
+                f"{source} has rnnx format version {version}, newer than this runtime reads "
+                f"({FORMAT_VERSION}): upgrade rnnx"
+            )
+        unknown = sorted(set(meta) - META_KEYS)
+        if unknown:
+            raise ModelFileError(f"{source} carries metadata rnnx did not write ({', '.join(unknown)}): refusing it")
+        missing = sorted(META_KEYS - set(meta))
+        if missing:
+            raise ModelFileError(f"{source} lacks rnnx metadata {', '.join(missing)}: re-export it")
+        try:
+            info = cls(
+                cell=meta[META_CELL],
+                layers=int(meta[META_LAYERS]),
+                hidden=int(meta[META_HIDDEN]),
+                vocab_size=int(meta[META_VOCAB_SIZE]),
+                tokenizer=json.loads(meta[META_TOKENIZER]),
+                producer=meta[META_PRODUCER],
+            )
+        except (ValueError, TypeError) as exc:
+            raise ModelFileError(f"{source} has malformed rnnx metadata ({exc}): re-export it") from None
+        if info.cell not in CELLS or min(info.layers, info.hidden, info.vocab_size) < 1:
+            raise ModelFileError(f"{source} has inconsistent rnnx metadata: re-export it")
+        return info

@@ -1,0 +1,100 @@
+"""Model directories: `model.safetensors` (weights) beside `model.json` (architecture, vocabulary, training).
+
+Every file is written to a temporary name, flushed, fsynced and renamed, so a crash never leaves a
+half-written file where a good one stood. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from rnnx.runtime.errors import ModelFileError
+from rnnx.runtime.tokenizer import Tokenizer, tokenizer_from_dict
+from rnnx.trainer.model import RNNLM, ModelConfig
+
+WEIGHTS = "model.safetensors"
+CONFIG = "model.json"
+FORMAT = "rnnx-model"
+FORMAT_VERSION = 1
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_model(directory: Path, model: RNNLM, tokenizer: Tokenizer, extra: dict[str, Any]) -> None:
+    """Write the model's weights, then its JSON (the JSON last: it marks the directory complete)."""
+    tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.state_dict().items()}
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": asdict(model.config),
+        "tokenizer": tokenizer.to_dict(),
+        **extra,
+    }
+    write_atomic(directory / WEIGHTS, save_safetensors(tensors))
+    write_atomic(directory / CONFIG, json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8"))
+
+
+def read_model_json(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise ModelFileError(f"model directory {directory} not found: train one with rnn-train --out {directory}")
+    path = directory / CONFIG
+    if not path.is_file() or not (directory / WEIGHTS).is_file():
+        raise ModelFileError(f"{directory} holds no trained model ({CONFIG} and {WEIGHTS}): run rnn-train first")
+    try:
+        document = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path} is corrupt ({exc}): re-train the model") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not an rnnx model file")
+    if document.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(f"{path} was written by a newer rnnx: upgrade rnnx")
+    return document
+
+
+def load_model(directory: Path) -> tuple[RNNLM, Tokenizer, dict[str, Any]]:
+    """Rebuild the model from its JSON, load its weights, and return it in eval mode."""
+    document = read_model_json(directory)
+    known = {f.name for f in fields(ModelConfig)}
+    try:
+        config = ModelConfig(**{k: v for k, v in document["model"].items() if k in known})
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ModelFileError(f"{directory / CONFIG} has no valid model section ({exc}): re-train it") from None
+    tokenizer = tokenizer_from_dict(document.get("tokenizer", {}))
+    if len(tokenizer.vocab) != config.vocab_size:
+        raise ModelFileError(f"{directory}: vocabulary and model sizes disagree: re-train it")
+    model = RNNLM(config)
+    try:
+        tensors = load_safetensors((directory / WEIGHTS).read_bytes())
+        model.load_state_dict(tensors)
+    except (SafetensorError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelFileError(f"{directory / WEIGHTS} is corrupt or does not fit {CONFIG} ({first})") from None
+    return model.eval(), tokenizer, document
