@@ -1,0 +1,25 @@
+"""Shared fixtures: a tiny trained default model and its exported step graph, made once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in three-sentence RNN, trained exactly as `rnn-train` with no arguments trains it."""
+    from rnnx.trainer.model import ModelConfig
+    from rnnx.trainer.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("default") / "model"
+    train(ModelConfig(), TrainConfig(out=out), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_onnx(default_model_dir: Path) -> Path:
+    from rnnx.export import export_model
+
+    return export_model(default_model_dir, opset=17).path

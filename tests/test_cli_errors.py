@@ -1,0 +1,99 @@
+"""Bad input: one clear `error:` line, a non-zero exit code, no traceback, and nothing overwritten."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rnnx.cli import export as export_cli
+from rnnx.cli import run as run_cli
+from rnnx.cli import train as train_cli
+
+runner = CliRunner()
+
+
+def assert_clean_error(result, exit_code: int, *words: str) -> None:
+    assert result.exit_code == exit_code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for word in words:
+        assert word.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.fixture
+def model_copy(default_model_dir: Path, default_onnx: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained and exported default model that a test may try to damage."""
+    target = tmp_path / "model"
+    shutil.copytree(default_model_dir, target)
+    return target
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_export_of_missing_model_directory(tmp_path: Path) -> None:
+    result = runner.invoke(export_cli.app, [str(tmp_path / "nope")])
+    assert_clean_error(result, 1, "not found", "rnn-train")
+
+
+@pytest.mark.parametrize("opset", ["9", "13", "24"])
+def test_export_with_opset_out_of_range_writes_nothing(model_copy: Path, opset: str) -> None:
+    before = snapshot(model_copy)
+    result = runner.invoke(export_cli.app, [str(model_copy), "--opset", opset])
+    assert_clean_error(result, 2, "opset", "14", "23")
+    assert snapshot(model_copy) == before
+
+
+def test_run_on_corrupt_onnx(model_copy: Path) -> None:
+    corrupt = model_copy / "corrupt.onnx"
+    corrupt.write_bytes((model_copy / "model.onnx").read_bytes()[:1000])
+    result = runner.invoke(run_cli.app, ["--model", str(corrupt), "--seed", "good", "--len", "15"])
+    assert_clean_error(result, 1, "corrupt.onnx")
+
+
+def test_run_on_missing_onnx(tmp_path: Path) -> None:
+    result = runner.invoke(run_cli.app, ["--model", str(tmp_path / "x.onnx"), "--seed", "good"])
+    assert_clean_error(result, 1, "not found", "rnn-export")
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [(b"", ["empty"]), (b"  \n\n ", ["empty"]), ("caf\u00e9 ol\u00e9".encode("latin-1"), ["utf-8"])],
+    ids=["empty", "whitespace", "latin-1"],
+)
+def test_train_on_unusable_data_keeps_the_old_model(model_copy: Path, content: bytes, words: list[str]) -> None:
+    data = model_copy.parent / "data.txt"
+    data.write_bytes(content)
+    before = snapshot(model_copy)
+    result = runner.invoke(train_cli.app, ["--data", str(data), "--out", str(model_copy)])
+    assert result.exit_code != 0
+    assert_clean_error(result, result.exit_code, *words)
+    assert snapshot(model_copy) == before
+
+
+def test_train_on_missing_data_file(tmp_path: Path) -> None:
+    result = runner.invoke(train_cli.app, ["--data", str(tmp_path / "none.txt"), "--out", str(tmp_path / "m")])
+    assert result.exit_code != 0
+    assert_clean_error(result, result.exit_code, "not found")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--seed", "good morning", "--len", "5"], ["shorter than the seed"]),
+        (["--seed", "good", "--temperature", "-0.5"], ["temperature"]),
+        (["--seed", "good", "--temperature", "1", "--top-p", "0"], ["top-p"]),
+        (["--seed", "good", "--temperature", "1", "--top-p", "1.5"], ["top-p"]),
+        (["--seed", "good", "--provider", "tpu"], ["provider"]),
+    ],
+    ids=["len-short", "negative-temperature", "top-p-zero", "top-p-above-one", "provider"],
+)
+def test_run_usage_errors(default_onnx: Path, args: list[str], words: list[str]) -> None:
+    result = runner.invoke(run_cli.app, ["--model", str(default_onnx), *args])
+    assert_clean_error(result, 2, *words)
