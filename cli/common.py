@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 from collections.abc import Iterator
 
 import typer
@@ -29,6 +31,9 @@ def user_errors() -> Iterator[None]:
     except RnnxError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(ERROR_EXIT) from None
+    except BrokenPipeError:  # the reader went away (e.g. `rnn-run ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(INTERRUPT_EXIT) from None

@@ -91,8 +91,9 @@ def test_train_on_missing_data_file(tmp_path: Path) -> None:
         (["--seed", "good", "--temperature", "1", "--top-p", "0"], ["top-p"]),
         (["--seed", "good", "--temperature", "1", "--top-p", "1.5"], ["top-p"]),
         (["--seed", "good", "--provider", "tpu"], ["provider"]),
+        (["--seed", "", "--len", "5"], ["empty"]),
     ],
-    ids=["len-short", "negative-temperature", "top-p-zero", "top-p-above-one", "provider"],
+    ids=["len-short", "negative-temperature", "top-p-zero", "top-p-above-one", "provider", "empty-seed"],
 )
 def test_run_usage_errors(default_onnx: Path, args: list[str], words: list[str]) -> None:
     result = runner.invoke(run_cli.app, ["--model", str(default_onnx), *args])
