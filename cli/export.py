@@ -22,13 +22,25 @@ def main(
     output: Annotated[
         Path | None, typer.Option(help="Where to write the .onnx file; default MODEL_DIR/model.onnx.")
     ] = None,
+    quantize: Annotated[
+        str, typer.Option(help="none, or int8: int8 recurrent weights for faster CPU inference.")
+    ] = "none",
+    form: Annotated[
+        str | None,
+        typer.Option(help="Graph form: matmul (MatMul cells, embedding folded in; the default) or op (ONNX RNN ops)."),
+    ] = None,
 ) -> None:
     """Build the step graph, check it, prove parity with torch, then write it."""
     with user_errors():
         from rnnx.export import export_model
+        from rnnx.export.graph import DEFAULT_FORM
 
-        result = export_model(model_dir, output, opset)
-        typer.echo(
-            f"wrote {result.path} ({result.size_bytes / 1024:.0f} KiB, opset {opset}); "
-            f"max |Δlogit| vs torch {result.max_logit_diff:.1e}"
+        form = form or DEFAULT_FORM
+        result = export_model(model_dir, output, opset, quantize=None if quantize == "none" else quantize, form=form)
+        line = (
+            f"wrote {result.path} ({result.size_bytes / 1024:.0f} KiB, opset {opset}, {form} form, "
+            f"{result.weights}); max |Δlogit| vs torch {result.max_logit_diff:.1e}"
         )
+        if result.int8_kl is not None:
+            line += f"; int8 vs fp32: {result.int8_tensors} int8 weight matrices, KL {result.int8_kl:.1e} nats/token"
+        typer.echo(line)

@@ -1,8 +1,12 @@
-"""rnn-run: generate text from an exported .onnx model (numpy + onnxruntime only)."""
+"""rnn-run: generate text from an exported .onnx model (numpy + onnxruntime only).
+
+    rnn-run --model artifacts/default/model.onnx --seed "good" --len 15
+"""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -23,20 +27,34 @@ def main(
     temperature: Annotated[float, typer.Option(help="0 is greedy; higher is more random.")] = 0.0,
     top_k: Annotated[int, typer.Option(help="Sample only from the k most likely tokens; 0 is off.")] = 0,
     top_p: Annotated[float, typer.Option(help="Sample from the smallest set with this much probability.")] = 1.0,
+    repetition_penalty: Annotated[
+        float, typer.Option(help="Above 1 makes tokens already in the text less likely; 1 is off.")
+    ] = 1.0,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="Stop before this text appears in the output (repeatable).")
+    ] = None,
     rng_seed: Annotated[int | None, typer.Option(help="Random seed for repeatable sampling.")] = None,
     provider: Annotated[str, typer.Option(help="Execution provider: auto, cpu or cuda.")] = "auto",
+    threads: Annotated[int, typer.Option(help="onnxruntime CPU threads; 0 lets it choose.")] = 0,
 ) -> None:
-    """Print SEED followed by generated text, LEN tokens in all."""
+    """Print SEED followed by generated text, LEN tokens in all (fewer when a stop text is reached)."""
     with user_errors():
         from rnnx.runtime import Model, SamplingConfig
 
-        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, rng_seed=rng_seed)
-        loaded = Model(model, provider=provider)
-        new_tokens = loaded.new_tokens_for_length(seed, length)
+        sampling = SamplingConfig(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            stop=tuple(stop or ()),
+            rng_seed=rng_seed,
+        )
+        loaded = Model(model, provider=provider, threads=threads)
+        sampling = replace(sampling, max_new_tokens=loaded.new_tokens_for_length(seed, length))
         out = sys.stdout
         out.write(seed)
         out.flush()
-        for piece in loaded.stream(seed, new_tokens, sampling):
+        for piece in loaded.stream(seed, sampling=sampling):
             out.write(piece)
             out.flush()
         out.write("\n")

@@ -1,4 +1,9 @@
-"""rnn-train: train a recurrent language model and save it as a model directory."""
+"""rnn-train: train a recurrent language model and save it as a model directory.
+
+rnn-train                                             # the built-in three-sentence vanilla RNN, in seconds
+rnn-train --preset shakespeare-lstm --data tinyshakespeare.txt --minutes 10 --out artifacts/shakespeare
+rnn-train --out artifacts/shakespeare --resume        # continue an interrupted run from its checkpoint
+"""
 
 from __future__ import annotations
 
@@ -11,35 +16,64 @@ from rnnx.cli.common import make_app, user_errors
 
 app = make_app("Train a recurrent language model (by default: the built-in three-sentence vanilla RNN).")
 
+_PRESETS = "shakespeare-gru, shakespeare-lstm, words-lstm"
+
 
 @app.command()
 def main(
     data: Annotated[
-        Path | None, typer.Option(help="UTF-8 text file to train on; omit for the built-in three sentences.")
+        Path | None, typer.Option(help="UTF-8 text file or folder of .txt files; omit for the built-in sentences.")
     ] = None,
-    cell: Annotated[str, typer.Option(help="Recurrent cell: rnn, lstm or gru.")] = "rnn",
-    layers: Annotated[int, typer.Option(help="Number of stacked recurrent layers.")] = 1,
-    hidden: Annotated[int, typer.Option(help="Hidden units per layer.")] = 32,
-    embed: Annotated[int, typer.Option(help="Embedding width; 0 feeds one-hot vectors instead.")] = 16,
-    epochs: Annotated[int, typer.Option(help="Passes over the training data.")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Sequences per optimisation step.")] = 64,
-    seq_len: Annotated[int, typer.Option(help="Tokens per training sequence for continuous text.")] = 100,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.01,
-    rng_seed: Annotated[int, typer.Option(help="Random seed; the same seed repeats the same run.")] = 0,
+    preset: Annotated[str | None, typer.Option(help=f"Named settings: {_PRESETS}. Flags override them.")] = None,
     out: Annotated[Path, typer.Option(help="Model directory to write.")] = Path("artifacts/default"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run checkpointed in --out.")] = False,
+    tokenizer: Annotated[str | None, typer.Option(help="char or word.")] = None,
+    max_vocab: Annotated[int | None, typer.Option(help="Word tokenizer: vocabulary cap, <unk> included.")] = None,
+    min_freq: Annotated[int | None, typer.Option(help="Word tokenizer: rarer words become <unk>.")] = None,
+    cell: Annotated[str | None, typer.Option(help="Recurrent cell: rnn, lstm or gru.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Number of stacked recurrent layers.")] = None,
+    hidden: Annotated[int | None, typer.Option(help="Hidden units per layer.")] = None,
+    embed: Annotated[int | None, typer.Option(help="Embedding width; 0 feeds one-hot vectors instead.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout on embeddings, between layers, before output.")] = None,
+    weight_drop: Annotated[float | None, typer.Option(help="DropConnect on the recurrent weights.")] = None,
+    embed_dropout: Annotated[float | None, typer.Option(help="Drop whole vocabulary rows of the embedding.")] = None,
+    tie: Annotated[bool | None, typer.Option("--tie/--no-tie", help="Share embedding and output weights.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Limit: passes over the training data.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Limit: optimisation steps (0: none).")] = None,
+    minutes: Annotated[float | None, typer.Option(help="Limit: wall-clock minutes (0: none).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per optimisation step.")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Tokens per sequence (truncated BPTT length).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay on weight matrices.")] = None,
+    clip: Annotated[float | None, typer.Option(help="Maximum gradient norm (0: off).")] = None,
+    schedule: Annotated[str | None, typer.Option(help="constant or cosine (warm-up, then cosine decay).")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Warm-up steps.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Validate every N steps (0: each epoch).")] = None,
+    eval_seconds: Annotated[float | None, typer.Option(help="...and at least every this many seconds.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop after N validations without improvement.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0: at validation).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (bf16 autocast on cuda).")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto (bf16 autocast on CUDA and AMX CPUs), fp32 or bf16.")
+    ] = None,
+    rng_seed: Annotated[int | None, typer.Option(help="Random seed; the same seed repeats the same run.")] = None,
 ) -> None:
-    """Train a model and write OUT/model.safetensors and OUT/model.json."""
+    """Train a model and write OUT/model.safetensors, OUT/model.json, a checkpoint, metrics.jsonl and loss.png."""
+    flags = dict(locals())  # every option by name, None where not given
     with user_errors():
-        from rnnx.trainer.model import ModelConfig
-        from rnnx.trainer.train import TrainConfig, train
+        from rnnx.runtime.errors import UsageError
+        from rnnx.trainer import presets
+        from rnnx.trainer import train as training
 
-        model_config = ModelConfig(cell=cell, layers=layers, hidden=hidden, embed=embed)
-        config = TrainConfig(
-            data=data, out=out, epochs=epochs, batch_size=batch_size, seq_len=seq_len, lr=lr, rng_seed=rng_seed
-        )
-        result = train(model_config, config)
-        source = data or "the built-in three sentences"
-        typer.echo(
-            f"trained {cell} ({layers}x{hidden}) on {source}: loss {result.final_loss:.4f} "
-            f"after {result.epochs} epochs in {result.seconds:.1f}s -> {result.out}"
-        )
+        if resume:
+            given = sorted(
+                k for k, v in flags.items() if v is not None and k not in (*training.LIMIT_FIELDS, "out", "resume")
+            )
+            if given:
+                names = ", ".join("--" + k.replace("_", "-") for k in given)
+                raise UsageError(f"--resume continues with the saved settings; only limits may change, not {names}")
+            result = training.resume(out, flags)
+        else:
+            model_config, config = presets.resolve(preset, flags, {**flags, "out": out})
+            result = training.train(model_config, config)
+        typer.echo(f"trained -> {result.out}: {result.summary()}")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from rnnx.export.graph import build_step_graph
-from rnnx.export.verify import verify_step_graph
-from rnnx.runtime.contract import DEFAULT_OPSET, check_opset
+from rnnx.export.graph import DEFAULT_FORM, FORMS, build_step_graph
+from rnnx.export.quantize import int8_weight_count, quantize_int8
+from rnnx.export.verify import int8_divergence, verify_step_graph
+from rnnx.runtime.contract import DEFAULT_OPSET, WEIGHT_FORMATS, ModelInfo, check_opset
 from rnnx.runtime.errors import UsageError
 from rnnx.trainer.checkpoint import load_model, write_atomic
 
@@ -20,23 +22,56 @@ ONNX_NAME = "model.onnx"
 @dataclass(frozen=True)
 class ExportResult:
     path: Path
-    max_logit_diff: float
+    max_logit_diff: float  # fp32 graph vs torch, over the parity run
     size_bytes: int
+    weights: str = "fp32"
+    int8_kl: float | None = None  # int8 only: mean KL(fp32 ‖ int8), nats/token (see verify.int8_divergence)
+    int8_tensors: int = 0  # int8 only: how many weight matrices are stored as int8
 
 
-def export_model(model_dir: Path, output: Path | None = None, opset: int = DEFAULT_OPSET) -> ExportResult:
-    """Build, check and verify the step graph of the model in `model_dir`, then write it atomically."""
+def _check_options(output: Path, opset: int, quantize: str | None, form: str) -> str:
     check_opset(opset)
-    output = output or model_dir / ONNX_NAME
     if output.is_dir():
         raise UsageError(f"--output {output} is a directory: give a file path such as {output / ONNX_NAME}")
+    weights = quantize or "fp32"
+    if weights not in WEIGHT_FORMATS:
+        raise UsageError(f"unknown quantization {quantize!r}: choose one of none, {', '.join(WEIGHT_FORMATS[1:])}")
+    if form not in FORMS:
+        raise UsageError(f"unknown graph form {form!r}: choose one of {', '.join(FORMS)}")
+    if weights == "int8" and form != "matmul":
+        raise UsageError("int8 quantization needs the matmul graph form: drop --form op")
+    return weights
+
+
+def export_model(
+    model_dir: Path,
+    output: Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    quantize: str | None = None,
+    form: str = DEFAULT_FORM,
+) -> ExportResult:
+    """Build, check and verify the step graph of the model in `model_dir`, then write it atomically.
+
+    `quantize="int8"` stores the recurrent weights as int8 (CPU speed); the fp32 graph is verified against
+    torch first, then the int8 graph against the fp32 one (verify.int8_divergence). A failed check writes nothing.
+    """
+    output = output or model_dir / ONNX_NAME
+    weights = _check_options(output, opset, quantize, form)
     model, tokenizer, _ = load_model(model_dir)
-    proto = build_step_graph(model, tokenizer, opset)
+    proto = build_step_graph(model, tokenizer, opset, form)
     worst = verify_step_graph(proto, model)
+    kl, int8_tensors = None, 0
+    if weights == "int8":
+        meta = {p.key: p.value for p in proto.metadata_props}
+        info = dataclasses.replace(ModelInfo.from_metadata(meta, str(output)), weights="int8")
+        fp32 = proto
+        proto = quantize_int8(fp32, info)
+        kl = int8_divergence(proto, fp32, model.config.cell)
+        int8_tensors = int8_weight_count(proto)
     data = proto.SerializeToString()
     write_atomic(output, data)
-    log.info("wrote %s (%d bytes), max |Δlogit| vs torch %.2e", output, len(data), worst)
-    return ExportResult(output, worst, len(data))
+    log.info("wrote %s (%d bytes, %s), max |Δlogit| vs torch %.2e", output, len(data), weights, worst)
+    return ExportResult(output, worst, len(data), weights, kl, int8_tensors)
 
 
 __all__ = ["ExportResult", "export_model"]

@@ -1,8 +1,9 @@
 """Build the single-step ONNX graph straight from a trained model's weights.
 
-No tracing exporter is involved: the graph is written op by op with onnx.helper, using ONNX's own
-RNN / GRU / LSTM ops. That pins exactly what is exported (GRU needs `linear_before_reset=1` to match torch,
-and the gate order differs between torch and ONNX), and the parity check in `verify` proves the result.
+No tracing exporter is involved: the graph is written op by op with onnx.helper, in one of two forms:
+"matmul" (see matmul_graph: MatMul cells, embedding folded in; what rnn-export writes) or "op", ONNX's
+own RNN / GRU / LSTM ops, drawn below. That pins exactly what is exported (GRU needs `linear_before_reset=1`
+to match torch, and the gate order differs between torch and ONNX); the parity check in `verify` proves it.
 
     tokens [B] --Gather(embedding)--> [1, B, E] --layer 1--> ... --layer L--> [B, H] --Gemm--> logits [B, V]
     h [L, B, H] --Split--> h_l [1, B, H] for each layer; each layer's final state is Concat'ed into h_next
@@ -15,13 +16,21 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from rnnx.export.matmul_graph import build_matmul_body
 from rnnx.runtime import contract
+from rnnx.runtime.errors import UsageError
 from rnnx.runtime.tokenizer import Tokenizer
 from rnnx.trainer.model import RNNLM
 
 # torch packs gates as LSTM (i, f, g, o) and GRU (r, z, n); ONNX wants LSTM (i, o, f, c) and GRU (z, r, h).
 _GATE_ORDER = {"rnn": [0], "lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}
 _ONNX_OP = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+# "op": ONNX's RNN/LSTM/GRU ops; "matmul": MatMul cells with the embedding folded in (see matmul_graph).
+# export_model writes DEFAULT_FORM, the faster one on the CPU (docs/benchmarks.md); build_step_graph keeps
+# "op" as its own default so callers that inspect the ONNX RNN nodes keep working.
+FORMS = ("op", "matmul")
+DEFAULT_FORM = "matmul"
 
 
 def _reorder_gates(weight: np.ndarray, cell: str) -> np.ndarray:
@@ -41,14 +50,10 @@ def _ints(name: str, values: list[int]) -> TensorProto:
     return numpy_helper.from_array(np.asarray(values, np.int64), name)
 
 
-def build_step_graph(model: RNNLM, tokenizer: Tokenizer, opset: int) -> onnx.ModelProto:
-    """The step graph for `model`, with the contract's names and the metadata to run it alone."""
-    contract.check_opset(opset)
-    cfg = model.config
-    cell, layers, hidden = cfg.cell, cfg.layers, cfg.hidden
-    params = {name: _np(t) for name, t in model.state_dict().items()}
-    embed_table = params["embedding.weight"] if cfg.embed else np.eye(cfg.vocab_size, dtype=np.float32)
-
+def _op_body(
+    cell: str, layers: int, hidden: int, params: dict[str, np.ndarray], embed_table: np.ndarray
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Nodes and initializers in ONNX-op form: one RNN / LSTM / GRU node per layer."""
     inits = [
         _initializer("embedding", embed_table),
         _initializer("head.weight", params["head.weight"]),
@@ -95,6 +100,22 @@ def build_step_graph(model: RNNLM, tokenizer: Tokenizer, opset: int) -> onnx.Mod
     for name_out in contract.state_outputs(cell):
         parts = [f"{name_out}_{k}" for k in range(layers)]
         nodes.append(helper.make_node("Concat", parts, [name_out], axis=0))
+
+    return nodes, inits
+
+
+def build_step_graph(model: RNNLM, tokenizer: Tokenizer, opset: int, form: str = "op") -> onnx.ModelProto:
+    """The step graph for `model` in `form`, with the contract's names and the metadata to run it alone."""
+    contract.check_opset(opset)
+    if form not in FORMS:
+        raise UsageError(f"unknown graph form {form!r}: choose one of {', '.join(FORMS)}")
+    cfg = model.config
+    cell, layers, hidden = cfg.cell, cfg.layers, cfg.hidden
+    params = {name: _np(t) for name, t in model.state_dict().items()}
+    embed_table = params["embedding.weight"] if cfg.embed else np.eye(cfg.vocab_size, dtype=np.float32)
+    body = _op_body if form == "op" else build_matmul_body
+    nodes, inits = body(cell, layers, hidden, params, embed_table)
+    state_in = contract.state_inputs(cell)
 
     batch, state_shape = contract.BATCH_AXIS, [layers, contract.BATCH_AXIS, hidden]
     graph = helper.make_graph(

@@ -42,6 +42,12 @@ META_PRODUCER = "rnnx.producer"
 META_KEYS = frozenset(
     {META_FORMAT, META_CELL, META_LAYERS, META_HIDDEN, META_VOCAB_SIZE, META_TOKENIZER, META_PRODUCER}
 )
+# Keys a file may lack (files exported before they existed); ModelInfo's defaults stand in for them.
+META_WEIGHTS = "rnnx.weights"  # how the weights are stored: one of WEIGHT_FORMATS
+META_OPTIONAL_KEYS = frozenset({META_WEIGHTS})
+
+# "int8": onnxruntime dynamic quantization (int8 weights, activations quantized per call); CPU only.
+WEIGHT_FORMATS = ("fp32", "int8")
 
 
 def state_inputs(cell: str) -> tuple[str, ...]:
@@ -70,6 +76,7 @@ class ModelInfo:
     vocab_size: int
     tokenizer: dict[str, Any]
     producer: str = "rnnx"
+    weights: str = "fp32"  # one of WEIGHT_FORMATS
 
     @property
     def state_inputs(self) -> tuple[str, ...]:
@@ -88,6 +95,7 @@ class ModelInfo:
             META_VOCAB_SIZE: str(self.vocab_size),
             META_TOKENIZER: json.dumps(self.tokenizer, ensure_ascii=False, separators=(",", ":")),
             META_PRODUCER: self.producer,
+            META_WEIGHTS: self.weights,
         }
 
     @classmethod
@@ -103,7 +111,7 @@ class ModelInfo:
                 f"{source} has rnnx format version {version}, newer than this runtime reads "
                 f"({FORMAT_VERSION}): upgrade rnnx"
             )
-        unknown = sorted(set(meta) - META_KEYS)
+        unknown = sorted(set(meta) - META_KEYS - META_OPTIONAL_KEYS)
         if unknown:
             raise ModelFileError(f"{source} carries metadata rnnx did not write ({', '.join(unknown)}): refusing it")
         missing = sorted(META_KEYS - set(meta))
@@ -117,9 +125,15 @@ class ModelInfo:
                 vocab_size=int(meta[META_VOCAB_SIZE]),
                 tokenizer=json.loads(meta[META_TOKENIZER]),
                 producer=meta[META_PRODUCER],
+                weights=meta.get(META_WEIGHTS, "fp32"),
             )
         except (ValueError, TypeError) as exc:
             raise ModelFileError(f"{source} has malformed rnnx metadata ({exc}): re-export it") from None
+        if info.weights not in WEIGHT_FORMATS:
+            raise ModelFileError(
+                f"{source} stores its weights as {info.weights!r}, which this runtime does not know "
+                f"({', '.join(WEIGHT_FORMATS)}): upgrade rnnx"
+            )
         if info.cell not in CELLS or min(info.layers, info.hidden, info.vocab_size) < 1:
             raise ModelFileError(f"{source} has inconsistent rnnx metadata: re-export it")
         return info

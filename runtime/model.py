@@ -1,127 +1,91 @@
 """A loaded rnnx model: an onnxruntime session over the step graph plus the tokenizer from its metadata.
 
     model = Model("artifacts/default/model.onnx")
-    print(model.generate("good", max_new_tokens=11))
+    print(model.generate("good", SamplingConfig(max_new_tokens=11)))
 
-The model holds no generation state, so one instance can serve many threads, each with its own state.
+The model holds no generation state: each `generate`/`stream`/`generate_batch` call (or `generator`) makes its
+own, so one instance serves many threads at once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from rnnx.runtime import contract
-from rnnx.runtime.errors import ModelFileError, RnnxError, UsageError
+from rnnx.runtime.errors import ModelFileError, UsageError
+from rnnx.runtime.generator import Generator, collect
 from rnnx.runtime.onnxfile import read_model_bytes
-from rnnx.runtime.sampling import SamplingConfig, choose
+from rnnx.runtime.sampling import SamplingConfig
+from rnnx.runtime.session import CUDA, PROVIDERS, check_io, open_session
+from rnnx.runtime.steps import CpuSteps, State, Steps
 from rnnx.runtime.tokenizer import tokenizer_from_dict
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = ("auto", "cpu", "cuda")
-_CUDA = "CUDAExecutionProvider"
-_CPU = "CPUExecutionProvider"
-
-State = tuple[np.ndarray, ...]
-
-
-def _session_options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return options
-
-
-def _try_cuda_session(data: bytes, threads: int) -> ort.InferenceSession | None:
-    """A session on the CUDA provider, or None when onnxruntime cannot really run one here.
-
-    onnxruntime-gpu lists CUDA as available even without a GPU, then logs an error and falls back to the CPU;
-    the probe is silenced and judged by the providers the session actually got.
-    """
-    if _CUDA not in ort.get_available_providers():
-        return None
-    sink = io.StringIO()
-    ort.set_default_logger_severity(4)
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            if hasattr(ort, "preload_dlls"):  # CUDA libraries from pip's nvidia-* wheels, without torch
-                ort.preload_dlls()
-        options = _session_options(threads)
-        options.log_severity_level = 4
-        session = ort.InferenceSession(data, options, providers=[_CUDA, _CPU])
-    except Exception as exc:  # onnxruntime raises its own exception types; any failure means "no CUDA"
-        log.debug("CUDA session failed: %s", exc)
-        return None
-    finally:
-        ort.set_default_logger_severity(2)
-    return session if session.get_providers()[0] == _CUDA else None
-
-
-def _open_session(data: bytes, provider: str, threads: int, source: str) -> ort.InferenceSession:
-    if provider not in PROVIDERS:
-        raise UsageError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
-    if threads < 0:
-        raise UsageError(f"threads must be 0 (onnxruntime decides) or positive, got {threads}")
-    try:
-        if provider != "cpu":
-            session = _try_cuda_session(data, threads)
-            if session is not None:
-                return session
-            if provider == "cuda":
-                raise RnnxError(
-                    "the CUDA provider was asked for but onnxruntime cannot use a GPU here "
-                    "(no GPU, or no CUDA/cuDNN libraries): use --provider cpu or auto"
-                )
-        return ort.InferenceSession(data, _session_options(threads), providers=[_CPU])
-    except RnnxError:
-        raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{source} could not be loaded by onnxruntime: {first}") from None
-
-
-def _check_io(session: ort.InferenceSession, info: contract.ModelInfo, source: str) -> None:
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name for o in session.get_outputs()}
-    want_in = {contract.TOKENS, *info.state_inputs}
-    want_out = {contract.LOGITS, *info.state_outputs}
-    if set(inputs) != want_in or not want_out <= outputs:
-        raise ModelFileError(
-            f"{source} does not match the rnnx contract: inputs {sorted(inputs)}, outputs {sorted(outputs)}; "
-            f"expected inputs {sorted(want_in)} and outputs {sorted(want_out)}"
-        )
-    if inputs[contract.TOKENS].type != "tensor(int64)" or any(
-        inputs[name].type != "tensor(float)" for name in info.state_inputs
-    ):
-        raise ModelFileError(f"{source}: input types do not match the rnnx contract: re-export it")
+__all__ = ["PROVIDERS", "Model", "State"]
 
 
 class Model:
-    """An exported rnnx model, loaded from its `.onnx` file alone."""
+    """An exported rnnx model, loaded from its `.onnx` file alone.
 
-    def __init__(self, path: str | Path, *, provider: str = "auto", threads: int = 0) -> None:
+    provider: "auto" (CUDA when a CUDA session really comes up, else the CPU), "cpu" or "cuda".
+    threads: onnxruntime intra-op threads; 0 lets it pick (one per physical core). For many streams served
+        from threads at once, 1 gives the most tokens per second in total.
+    spin: let idle worker threads spin between calls (lower latency for one stream; costs CPU when the cores
+        are shared).
+    cuda_graph: on CUDA, replay captured CUDA graphs for the steps (see `rnnx.runtime.cuda`).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        provider: str = "auto",
+        threads: int = 0,
+        spin: bool = True,
+        cuda_graph: bool = False,
+    ) -> None:
         path = Path(path)
         source = str(path)
         data = read_model_bytes(path)
-        self.session = _open_session(data, provider, threads, source)
-        self.info = contract.ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, source)
+        settings = {"threads": threads, "spin": spin, "cuda_graph": cuda_graph}
+        session = open_session(data, provider, source, **settings)
+        self.info = contract.ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source)
+        if self.info.weights != "fp32" and session.get_providers()[0] == CUDA:
+            # dynamic int8 quantization has CPU kernels only; on CUDA it would run slower, partly on the host
+            if provider == "cuda":
+                raise UsageError(f"{source} has {self.info.weights} weights, which run on the CPU only: use cpu")
+            log.info("%s has %s weights: running on the CPU", source, self.info.weights)
+            session = open_session(data, "cpu", source, threads=threads, spin=spin)
+        self.session = session
         self.tokenizer = tokenizer_from_dict(self.info.tokenizer)
         if len(self.tokenizer.vocab) != self.info.vocab_size:
             raise ModelFileError(f"{source}: vocabulary size disagrees with the metadata: re-export it")
-        _check_io(self.session, self.info, source)
+        check_io(session, self.info, source)
         self.path = path
-        self.provider = self.session.get_providers()[0]
+        self.provider = session.get_providers()[0]
         self._outputs = [contract.LOGITS, *self.info.state_outputs]
+        self._graph_pool = None
+        self._run_options = None
+        if self.provider == CUDA and cuda_graph:
+            from rnnx.runtime.cuda import NO_GRAPH, GraphPool
+
+            self._graph_pool = GraphPool(session, self.info)
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry("gpu_graph_id", NO_GRAPH)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.provider == CUDA else "cpu"
+
+    # -- one graph call at a time, state on the host (tests, export checks, prompt ingestion) ------------------
 
     def initial_state(self, batch: int = 1) -> State:
         shape = (self.info.layers, batch, self.info.hidden)
@@ -130,8 +94,47 @@ class Model:
     def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """One graph call: `tokens` [batch] int64 -> logits [batch, vocab] and the next state."""
         feeds = {contract.TOKENS: tokens, **dict(zip(self.info.state_inputs, state))}
-        logits, *next_state = self.session.run(self._outputs, feeds)
+        lock = self._graph_pool.lock if self._graph_pool is not None else contextlib.nullcontext()
+        with lock:
+            logits, *next_state = self.session.run(self._outputs, feeds, self._run_options)
         return logits, tuple(next_state)
+
+    def _ingest(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, State]:
+        """Feed each row's prompt ids from a zero state: the logits after each row's last id, and the state.
+
+        The single entry for prompt tokens (a prefill graph, where a file carries one, belongs here). Baseline:
+        one step per position with the prompts right-aligned, so every row ends on the last step; a row whose
+        prompt has not begun yet has its state put back to zero after each step.
+
+            row 0:  a b c d e        (5 ids)
+            row 1:  . . x y z        (3 ids; state zeroed after steps 1 and 2)
+        """
+        batch, longest = len(prompts), max(len(ids) for ids in prompts)
+        state = self.initial_state(batch)
+        tokens = np.zeros(batch, np.int64)
+        for t in range(longest):
+            waiting = []
+            for row, ids in enumerate(prompts):
+                start = longest - len(ids)
+                tokens[row] = ids[max(t - start, 0)]
+                if t < start:
+                    waiting.append(row)
+            logits, state = self.step(tokens, state)
+            for array in state if waiting else ():
+                array[:, waiting, :] = 0.0
+        return logits, state
+
+    def _open_steps(self, batch: int) -> Steps:
+        """The per-stream step buffers for the hot loop, on the session's device."""
+        if self._graph_pool is not None:
+            return self._graph_pool.acquire(batch)
+        if self.provider == CUDA:
+            from rnnx.runtime.cuda import CudaSteps
+
+            return CudaSteps(self.session, self.info, batch)
+        return CpuSteps(self.session, self.info, batch)
+
+    # -- text in, text out --------------------------------------------------------------------------------------
 
     def new_tokens_for_length(self, prompt: str, length: int) -> int:
         """How many tokens to generate so the whole text, prompt included, is `length` tokens long."""
@@ -140,28 +143,44 @@ class Model:
             raise UsageError(f"length {length} is shorter than the seed text ({prompt_len} tokens)")
         return length - prompt_len
 
-    def stream(self, prompt: str, max_new_tokens: int, sampling: SamplingConfig | None = None) -> Iterator[str]:
-        """Feed `prompt`, then yield the text of each new token as it is produced."""
-        sampling = sampling or SamplingConfig()
-        ids = self.tokenizer.encode(prompt)
-        if not ids:
-            raise UsageError("the seed text is empty: give at least one token to start from")
-        if max_new_tokens < 0:
-            raise UsageError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
-        rng = np.random.default_rng(sampling.rng_seed)
-        state = self.initial_state(1)
-        token = np.zeros(1, np.int64)
-        for token_id in ids:
-            token[0] = token_id
-            logits, state = self.step(token, state)
-        prev = ids[-1]
-        for i in range(max_new_tokens):
-            next_id = choose(logits[0], sampling, rng)
-            yield self.tokenizer.piece(prev, next_id)
-            if i + 1 < max_new_tokens:  # the last token's logits would go unused
-                prev = token[0] = next_id
-                logits, state = self.step(token, state)
+    def generator(
+        self, prompts: Sequence[str], sampling: SamplingConfig | None = None, max_new_tokens: int | None = None
+    ) -> Generator:
+        """A run over `prompts` (one row each) that the caller steps; see `rnnx.runtime.generator`."""
+        return Generator(self, prompts, _config(sampling, max_new_tokens))
 
-    def generate(self, prompt: str, max_new_tokens: int, sampling: SamplingConfig | None = None) -> str:
-        """The prompt followed by `max_new_tokens` generated tokens, as text."""
-        return prompt + "".join(self.stream(prompt, max_new_tokens, sampling))
+    def stream(
+        self, prompt: str, max_new_tokens: int | None = None, sampling: SamplingConfig | None = None
+    ) -> Iterator[str]:
+        """Feed `prompt`, then yield the text of each new token as it is produced.
+
+        `max_new_tokens`, when given, stands in for `sampling.max_new_tokens`.
+        """
+        with self.generator([prompt], sampling, max_new_tokens) as run:
+            while not run.done:
+                piece = run.step()[0]
+                if piece:
+                    yield piece
+
+    def generate(self, prompt: str, max_new_tokens: int | None = None, sampling: SamplingConfig | None = None) -> str:
+        """The prompt followed by the generated text."""
+        return prompt + collect(self.generator([prompt], sampling, max_new_tokens))[0]
+
+    def generate_batch(
+        self, prompts: Sequence[str], max_new_tokens: int | None = None, sampling: SamplingConfig | None = None
+    ) -> list[str]:
+        """Each prompt followed by its generated text, all rows run together in one batch."""
+        return [p + new for p, new in zip(prompts, collect(self.generator(prompts, sampling, max_new_tokens)))]
+
+    def __repr__(self) -> str:
+        info = self.info
+        return f"Model({str(self.path)!r}, {info.cell} {info.layers}x{info.hidden}, vocab {info.vocab_size}, {self.device})"
+
+
+def _config(sampling: SamplingConfig | None, max_new_tokens: int | None) -> SamplingConfig:
+    if sampling is None:
+        sampling = SamplingConfig()
+    elif not isinstance(sampling, SamplingConfig):
+        raise UsageError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+    return sampling if max_new_tokens is None else replace(sampling, max_new_tokens=max_new_tokens)
+

@@ -1,4 +1,6 @@
-"""Model directories: `model.safetensors` (weights) beside `model.json` (architecture, vocabulary, training).
+"""Model directories: `model.safetensors` (weights) beside `model.json` (architecture, vocabulary, training),
+and `checkpoint.safetensors`, the state to resume training from (weights, optimizer, step, random state) with
+its JSON in the safetensors header, so one atomic rename replaces all of it at once.
 
 Every file is written to a temporary name, flushed, fsynced and renamed, so a crash never leaves a
 half-written file where a good one stood. No pickle anywhere.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -26,6 +29,9 @@ WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
 FORMAT = "rnnx-model"
 FORMAT_VERSION = 1
+TRAIN_STATE = "checkpoint.safetensors"
+TRAIN_STATE_FORMAT = "rnnx-train-state"
+_HEADER_KEY = "rnnx"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -48,9 +54,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def plain_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU float32 copies; tied weights become separate tensors (safetensors refuses shared storage)."""
+    return {name: t.detach().to("cpu", torch.float32).clone().contiguous() for name, t in state.items()}
+
+
 def save_model(directory: Path, model: RNNLM, tokenizer: Tokenizer, extra: dict[str, Any]) -> None:
     """Write the model's weights, then its JSON (the JSON last: it marks the directory complete)."""
-    tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.state_dict().items()}
+    tensors = plain_tensors(model.state_dict())
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -98,3 +109,28 @@ def load_model(directory: Path) -> tuple[RNNLM, Tokenizer, dict[str, Any]]:
         first = str(exc).strip().splitlines()[0]
         raise ModelFileError(f"{directory / WEIGHTS} is corrupt or does not fit {CONFIG} ({first})") from None
     return model.eval(), tokenizer, document
+
+
+def save_train_state(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write the resumable training state: tensors as safetensors, everything else as JSON in its header."""
+    header = json.dumps({"format": TRAIN_STATE_FORMAT, **meta}, ensure_ascii=False)
+    cpu = {name: t.detach().to("cpu").clone().contiguous() for name, t in tensors.items()}
+    write_atomic(directory / TRAIN_STATE, save_safetensors(cpu, metadata={_HEADER_KEY: header}))
+
+
+def load_train_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and JSON of `directory/checkpoint.safetensors`, or a ModelFileError saying what is wrong."""
+    path = directory / TRAIN_STATE
+    if not path.is_file():
+        raise ModelFileError(f"no checkpoint to resume from at {path}: start the run without --resume")
+    raw = path.read_bytes()
+    try:
+        (size,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + size].decode("utf-8"))
+        meta = json.loads(header["__metadata__"][_HEADER_KEY])
+        tensors = load_safetensors(raw)
+    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, SafetensorError) as exc:
+        raise ModelFileError(f"checkpoint {path} is corrupt ({type(exc).__name__}): start a fresh run") from None
+    if not isinstance(meta, dict) or meta.get("format") != TRAIN_STATE_FORMAT:
+        raise ModelFileError(f"{path} is not an rnnx training checkpoint: start a fresh run")
+    return tensors, meta

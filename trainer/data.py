@@ -1,16 +1,22 @@
-"""Training text: the built-in three sentences, or a UTF-8 file, turned into token-id tensors."""
+"""Training text: the built-in three sentences, or UTF-8 text cut into batches for truncated BPTT."""
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rnnx.runtime.errors import RnnxError
-from rnnx.runtime.tokenizer import Tokenizer
+from rnnx.runtime.tokenizer import CharTokenizer, Tokenizer, WordTokenizer
 
 # The classic vanilla-RNN tutorial's corpus: each line is one example, learned from a zero state.
 DEFAULT_LINES = ("hey how are you", "good i am fine", "have a nice day")
+TOKENIZERS = ("char", "word")
+VAL_FRACTION = 0.1  # the last 10% is validation, as in the best-known char-level baselines
+# A vocabulary "explodes" when most tokens are new ones (random bytes, base64, hashes): nothing can be learned.
+EXPLODE_MIN_TYPES, EXPLODE_TYPE_RATIO = 1000, 0.5
 
 
 def read_text(path: Path) -> str:
@@ -31,17 +37,102 @@ def read_text(path: Path) -> str:
     return text
 
 
+def read_corpus(path: Path) -> str:
+    """A text file, or every `.txt` file of a directory in name order, joined by blank lines."""
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.txt") if p.is_file())
+        if not files:
+            raise RnnxError(f"directory {path} holds no .txt files: pass a text file or a folder of .txt files")
+        return "\n\n".join(read_text(p).strip("\n") for p in files) + "\n"
+    return read_text(path)
+
+
+def build_tokenizer(text: str, kind: str, max_vocab: int = 0, min_freq: int = 1) -> Tokenizer:
+    """A tokenizer fitted to `text`; refuses text whose vocabulary would explode."""
+    if kind == "char":
+        counts = Counter(text)
+        tokenizer: Tokenizer = CharTokenizer.build(text)
+    elif kind == "word":
+        tokenizer = WordTokenizer.build(text, max_vocab=max_vocab, min_freq=min_freq)
+        counts = Counter(tokenizer.split(text))
+    else:
+        raise RnnxError(f"unknown tokenizer {kind!r}: choose one of {', '.join(TOKENIZERS)}")
+    types, total = len(counts), sum(counts.values())
+    if types > EXPLODE_MIN_TYPES and types > EXPLODE_TYPE_RATIO * total:
+        raise RnnxError(
+            f"the {kind} vocabulary would explode ({types} distinct tokens in {total}): this does not look like "
+            "natural-language text; use --tokenizer char, or train on real text"
+        )
+    return tokenizer
+
+
 def line_examples(lines: tuple[str, ...], tokenizer: Tokenizer) -> torch.Tensor:
     """Each line one example, padded with spaces to the longest (as the tutorial does): (N, L) ids."""
     width = max(len(line) for line in lines)
     return torch.tensor([tokenizer.encode(line.ljust(width)) for line in lines], dtype=torch.long)
 
 
-def text_windows(text: str, tokenizer: Tokenizer, seq_len: int) -> torch.Tensor:
-    """Continuous text cut into windows of seq_len + 1 ids (inputs plus the next-token targets): (N, L+1)."""
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    if len(ids) < 2:
-        raise RnnxError("the text is too short to train on: it needs at least two tokens")
-    width = min(seq_len + 1, len(ids))
-    count = (len(ids) - 1) // (width - 1)
-    return torch.stack([ids[i * (width - 1) : i * (width - 1) + width] for i in range(count)])
+def split_ids(ids: torch.Tensor, val_fraction: float = VAL_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first (1 - val_fraction) of the ids for training, the rest for validation, both contiguous."""
+    cut = len(ids) - int(len(ids) * val_fraction)
+    return ids[:cut], ids[cut:]
+
+
+@dataclass(frozen=True)
+class Batch:
+    inputs: torch.Tensor  # (B, T)
+    targets: torch.Tensor  # (B, T): the inputs shifted by one token
+    stateful: bool  # True: start from the state the previous batch ended with
+
+
+class LineBatches:
+    """Line-per-example data: each epoch shuffles the examples; every batch starts from a zero state."""
+
+    def __init__(self, examples: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.examples, self.batch_size, self.seed = examples, batch_size, seed
+        self.steps_per_epoch = -(-len(examples) // batch_size)
+        self.tokens_per_step = min(batch_size, len(examples)) * (examples.size(1) - 1)
+
+    def get(self, epoch: int, index: int) -> Batch:
+        order = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(self.seed + epoch))
+        batch = self.examples[order[index * self.batch_size : (index + 1) * self.batch_size]]  # (B, L)
+        return Batch(batch[:, :-1], batch[:, 1:], stateful=False)
+
+
+class StreamBatches:
+    """Continuous text as `batch_size` side-by-side streams, read `seq_len` tokens at a time (truncated BPTT).
+
+        ids:      a b c d e f g h i j k l m n o p q r s t u v w x ...
+        stream 0: a b c d | e f g h | ...        batch k = column block k of every stream;
+        stream 1: m n o p | q r s t | ...        the state of row r carries from block k to k+1
+
+    Each epoch starts the streams at a different offset below `seq_len` (seeded by epoch), so the model does
+    not always see the same cut points; the state is reset at each epoch start.
+    """
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, seed: int) -> None:
+        need = batch_size * seq_len + seq_len
+        if len(ids) < need:
+            raise RnnxError(
+                f"the training text has {len(ids)} tokens, fewer than one batch needs ({need} with --batch-size "
+                f"{batch_size} and --seq-len {seq_len}): use more text or smaller --batch-size / --seq-len"
+            )
+        self.ids, self.batch_size, self.seq_len, self.seed = ids, batch_size, seq_len, seed
+        self.stream_len = (len(ids) - seq_len) // batch_size  # the same for every offset below seq_len
+        self.steps_per_epoch = (self.stream_len - 1) // seq_len
+        self.tokens_per_step = batch_size * seq_len
+        self._epoch, self._streams = -1, ids[:0]
+
+    def _streams_for(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            offset = int(torch.randint(self.seq_len, (1,), generator=gen))
+            span = self.ids[offset : offset + self.batch_size * self.stream_len]
+            self._epoch, self._streams = epoch, span.view(self.batch_size, self.stream_len)  # (B, S)
+        return self._streams
+
+    def get(self, epoch: int, index: int) -> Batch:
+        streams = self._streams_for(epoch)
+        start = index * self.seq_len
+        block = streams[:, start : start + self.seq_len + 1]  # (B, T+1)
+        return Batch(block[:, :-1], block[:, 1:], stateful=index > 0)

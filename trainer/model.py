@@ -1,11 +1,17 @@
-"""The recurrent language model: token ids in, raw logits and the new state out."""
+"""The recurrent language model: token ids in, raw logits and the new state out.
+
+Regularisers that only act while training (embedding dropout, DropConnect on the recurrent weights) leave the
+module layout and the saved weights exactly as a plain model's, so export and inference never see them.
+"""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from rnnx.runtime.contract import CELLS
 from rnnx.runtime.errors import UsageError
@@ -13,6 +19,9 @@ from rnnx.runtime.errors import UsageError
 State = tuple[torch.Tensor, ...]
 
 _CELL_MODULES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# cuDNN warns when the weights it is given are not its one flat buffer; dropped-out weights are new tensors
+# every step by design, so that copy is expected.
+_NOT_CONTIGUOUS = ".*not part of single contiguous chunk of memory.*"
 
 
 @dataclass(frozen=True)
@@ -22,15 +31,22 @@ class ModelConfig:
     embed: int = 16  # embedding width; 0 feeds one-hot vectors instead (the classic tutorial's input)
     hidden: int = 32
     layers: int = 1
-    dropout: float = 0.0  # between stacked layers, and before the output layer
+    dropout: float = 0.0  # on the embeddings, between stacked layers, and before the output layer
+    embed_dropout: float = 0.0  # training only: drops whole vocabulary rows, so a token vanishes from a batch
+    weight_drop: float = 0.0  # training only: DropConnect on the recurrent weights W_hh (AWD-LSTM)
+    tie: bool = False  # the output layer reuses the embedding matrix; needs embed == hidden
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise UsageError(f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
         if self.layers < 1 or self.hidden < 1 or self.embed < 0:
             raise UsageError("layers and hidden must be positive and embed 0 or more")
-        if not 0 <= self.dropout < 1:
-            raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "embed_dropout", "weight_drop"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise UsageError(f"{name.replace('_', '-')} must be in [0, 1), got {value}")
+        if self.tie and self.embed != self.hidden:
+            raise UsageError(f"tied embeddings need --embed equal to --hidden (got {self.embed} and {self.hidden})")
 
     @property
     def input_size(self) -> int:
@@ -51,6 +67,8 @@ class RNNLM(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden, config.vocab_size)
+        if config.tie:
+            self.head.weight = self.embedding.weight  # type: ignore[union-attr]
 
     def init_state(self, batch: int) -> State:
         weight = self.head.weight
@@ -60,11 +78,30 @@ class RNNLM(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
             return nn.functional.one_hot(tokens, self.config.vocab_size).to(self.head.weight.dtype)
-        return self.embedding(tokens)
+        weight = self.embedding.weight
+        p = self.config.embed_dropout
+        if self.training and p > 0:
+            keep = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p) / (1 - p)  # (V, 1)
+            weight = weight * keep
+        return self.drop(nn.functional.embedding(tokens, weight))
+
+    def recur(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        hx = state if self.config.cell == "lstm" else state[0]
+        p = self.config.weight_drop
+        if not (self.training and p > 0):
+            out, new = self.rnn(x, hx)
+        else:
+            params = dict(self.rnn.named_parameters())
+            for k in range(self.config.layers):
+                params[f"weight_hh_l{k}"] = nn.functional.dropout(params[f"weight_hh_l{k}"], p)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_NOT_CONTIGUOUS)
+                out, new = functional_call(self.rnn, params, (x, hx))
+        return out, (new if isinstance(new, tuple) else (new,))
 
     def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tokens (B, T) int64 -> logits (B, T, V) and the state after the last step."""
         x = self.embed(tokens)  # (B, T, E)
-        out, new = self.rnn(x, state if self.config.cell == "lstm" else state[0])  # out: (B, T, H)
+        out, new = self.recur(x, state)  # out: (B, T, H)
         logits = self.head(self.drop(out))  # (B, T, V)
-        return logits, (new if isinstance(new, tuple) else (new,))
+        return logits, new

@@ -1,0 +1,318 @@
+"""Per-token latency of one generation step, every way of running it, side by side in one run.
+
+    flock /tmp/rnnx-cpu.lock .venv/bin/python bench/latency.py            # about 3 minutes on 2 cores
+    flock /tmp/rnnx-cpu.lock .venv/bin/python bench/latency.py --markdown docs/benchmarks.md
+
+Models: the tutorials' char models (embedding 256, LSTM 1024 or GRU 1024, vocab 65) and a small vanilla RNN
+(embedding 64, hidden 256), with fresh random weights (speed does not depend on training). Each is exported
+through `rnnx.export.export_model`, fp32 and int8, exactly as `rnn-export` writes them.
+
+Every row runs the same loop: one step for the whole batch, the state carried, each row's greedy token fed
+back. Rows (CPU): torch eager; rnnx's generation loop (`Model.generator(...).step()`: graph call, greedy
+choice, detokenizing) fp32 and int8; the bare onnxruntime `session.run` of the same fp32 session rnnx holds,
+with an argmax (so the gap is rnnx's own overhead); and the memory floor: a numpy product of the state with
+every fp32 weight matrix one step reads. CUDA rows (torch eager, torch CUDA graph, rnnx with IOBinding and
+with CUDA graphs) run only where torch sees a GPU; otherwise they print "skipped: no CUDA".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from rnnx.export import export_model
+from rnnx.runtime import Model, SamplingConfig, contract
+from rnnx.runtime.tokenizer import CharTokenizer
+from rnnx.trainer.checkpoint import save_model
+from rnnx.trainer.model import RNNLM, ModelConfig
+
+VOCAB_TEXT = "".join(chr(c) for c in range(32, 32 + 64))  # 64 characters + <unk> = vocab 65
+MODELS = {
+    "LSTM 1024": ModelConfig(cell="lstm", embed=256, hidden=1024),
+    "GRU 1024": ModelConfig(cell="gru", embed=256, hidden=1024),
+    "RNN 256 (small)": ModelConfig(cell="rnn", embed=64, hidden=256),
+}
+BATCHES = (1, 64)
+CUDA_ROWS = ("torch eager (CUDA)", "torch CUDA graph", "rnnx fp32, IOBinding (CUDA)", "rnnx fp32, CUDA graphs")
+
+StepLoop = Callable[[int], None]  # runs n steps
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    batch: int
+    what: str
+    micros: float | None  # per step; None = skipped
+    note: str = ""
+
+
+def timed(loop: StepLoop, seconds: float) -> float:
+    """Median µs per step over repeated chunks of steps, after a warm-up; about `seconds` of measuring."""
+    loop(5)
+    start = time.perf_counter()
+    loop(20)
+    per_step = (time.perf_counter() - start) / 20
+    chunk = max(5, int(0.05 / per_step))
+    samples = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(samples) < 5:
+        start = time.perf_counter()
+        loop(chunk)
+        samples.append((time.perf_counter() - start) / chunk)
+    return statistics.median(samples) * 1e6
+
+
+def torch_loop(model: RNNLM, batch: int, device: str) -> StepLoop:
+    tokens = (torch.arange(batch, device=device) % 64 + 1)[:, None]  # (B, 1)
+    state = model.init_state(batch)
+
+    def run(n: int) -> None:
+        nonlocal tokens, state
+        with torch.inference_mode():
+            for _ in range(n):
+                logits, state = model(tokens, state)  # (B, 1, V)
+                tokens = logits.argmax(-1)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+def torch_cuda_graph_loop(model: RNNLM, batch: int) -> StepLoop:
+    """One captured step: static token and state buffers, replayed; the greedy token stays on the GPU."""
+    tokens = (torch.arange(batch, device="cuda") % 64 + 1)[:, None]
+    state = model.init_state(batch)
+    with torch.inference_mode():
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # warm-up before capture, as torch asks
+                model(tokens, state)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits, new_state = model(tokens, state)
+            next_tokens = logits.argmax(-1)
+
+    def run(n: int) -> None:
+        with torch.inference_mode():
+            for _ in range(n):
+                graph.replay()
+                tokens.copy_(next_tokens)
+                for s, new in zip(state, new_state):
+                    s.copy_(new)
+        torch.cuda.synchronize()
+
+    return run
+
+
+def rnnx_loop(model: Model, batch: int) -> StepLoop:
+    """rnnx's own generation loop (greedy): graph call, sampling and detokenizing, per generated token."""
+    prompts = [chr(33 + row % 64) for row in range(batch)]
+    run = model.generator(prompts, SamplingConfig(max_new_tokens=10**9))
+
+    def loop(n: int) -> None:
+        for _ in range(n):
+            run.step()
+
+    return loop
+
+
+def bare_session_loop(model: Model, batch: int) -> StepLoop:
+    """The same session rnnx holds, called directly: what rnnx costs on top of onnxruntime."""
+    session, cell = model.session, model.info.cell
+    outputs = [contract.LOGITS, *contract.state_outputs(cell)]
+    feeds = {contract.TOKENS: np.arange(batch, dtype=np.int64) % 64 + 1}
+    feeds.update((name, s) for name, s in zip(contract.state_inputs(cell), model.initial_state(batch)))
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            logits, *state = session.run(outputs, feeds)
+            feeds[contract.TOKENS] = logits.argmax(axis=1)
+            feeds.update(zip(contract.state_inputs(cell), state))
+
+    return run
+
+
+def floor_loop(model: RNNLM, batch: int) -> tuple[StepLoop, int]:
+    """numpy over the fp32 weights one matmul-form step reads: W_hh of every layer, W_ih above layer 1, head."""
+    params = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    cfg = model.config
+    mats = [params[f"rnn.weight_hh_l{k}"].T.copy() for k in range(cfg.layers)]
+    mats += [params[f"rnn.weight_ih_l{k}"].T.copy() for k in range(1, cfg.layers)]
+    mats.append(params["head.weight"].T.copy())
+    x = np.ones((batch, cfg.hidden), np.float32)
+    outs = [np.empty((batch, m.shape[1]), np.float32) for m in mats]
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            for m, out in zip(mats, outs):
+                np.matmul(x, m, out=out)
+
+    return run, sum(m.nbytes for m in mats)
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def bench_model(name: str, cfg: ModelConfig, workdir: Path, threads: int, seconds: float) -> list[Row]:
+    tokenizer = CharTokenizer.build(VOCAB_TEXT)
+    torch.manual_seed(0)
+    model = RNNLM(dataclasses.replace(cfg, vocab_size=len(tokenizer.vocab))).eval()
+    model_dir = workdir / name.split()[0].lower()
+    save_model(model_dir, model, tokenizer, {})
+    fp32_path, int8_path = model_dir / "fp32.onnx", model_dir / "int8.onnx"
+    export_model(model_dir, fp32_path)
+    export_model(model_dir, int8_path, quantize="int8")
+    fp32 = Model(fp32_path, provider="cpu", threads=threads)
+    int8 = Model(int8_path, provider="cpu", threads=threads)
+
+    rows = []
+    for batch in BATCHES:
+        floor, floor_bytes = floor_loop(model, batch)
+        cases = [
+            ("torch eager (CPU)", torch_loop(model, batch, "cpu")),
+            ("rnnx fp32 (CPU), generation loop", rnnx_loop(fp32, batch)),
+            ("bare onnxruntime session.run, fp32", bare_session_loop(fp32, batch)),
+            ("rnnx int8 (CPU), generation loop", rnnx_loop(int8, batch)),
+            (f"numpy floor: x·W over {floor_bytes / 2**20:.1f} MiB fp32", floor),
+        ]
+        for what, loop in cases:
+            rows.append(Row(name, batch, what, timed(loop, seconds)))
+            print(f"  {name} batch {batch}: {what}: {rows[-1].micros:.0f} µs", flush=True)
+        rows += cuda_rows(name, model, fp32_path, batch, seconds)
+    return rows
+
+
+def cuda_rows(name: str, model: RNNLM, path: Path, batch: int, seconds: float) -> list[Row]:
+    whats = CUDA_ROWS
+    if not cuda_available():
+        return []  # reported once, under the table
+    gpu_model = RNNLM(model.config).to("cuda").eval()
+    gpu_model.load_state_dict(model.state_dict())
+    rows = [
+        Row(name, batch, whats[0], timed(torch_loop(gpu_model, batch, "cuda"), seconds)),
+        Row(name, batch, whats[1], timed(torch_cuda_graph_loop(gpu_model, batch), seconds)),
+    ]
+    for what, cuda_graph in zip(whats[2:], (False, True)):
+        try:
+            on_gpu = Model(path, provider="cuda", cuda_graph=cuda_graph)
+        except Exception as exc:  # the runtime's own errors, or onnxruntime's
+            rows.append(Row(name, batch, what, None, f"skipped: {exc}"))
+        else:
+            rows.append(Row(name, batch, what, timed(rnnx_loop(on_gpu, batch), seconds)))
+    return rows
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if cuda_available() else "no GPU"
+    blas = os.environ.get("OPENBLAS_CORETYPE", "unset")
+    try:
+        blas_name = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    except (TypeError, KeyError):  # older numpy prints instead
+        blas_name = "BLAS"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__}, numpy {np.__version__} "
+        f"({blas_name}, OPENBLAS_CORETYPE={blas})"
+    )
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| model | batch | what | µs/step | tokens/s | × torch eager | × floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row.micros is None:
+            lines.append(f"| {row.model} | {row.batch} | {row.what} | {row.note} | | | |")
+            continue
+        same = [r for r in rows if (r.model, r.batch) == (row.model, row.batch) and r.micros is not None]
+        eager = next(r.micros for r in same if r.what.startswith("torch eager (CPU)"))
+        floor = next(r.micros for r in same if r.what.startswith("numpy floor"))
+        tokens_per_s = row.batch * 1e6 / row.micros
+        lines.append(
+            f"| {row.model} | {row.batch} | {row.what} | {row.micros:.0f} | {tokens_per_s:,.0f} | "
+            f"{row.micros / eager:.2f} | {row.micros / floor:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(rows: list[Row]) -> str:
+    """The issue's CPU targets at batch 1, LSTM 1024, each with the measured value and met / missed."""
+    at = {r.what: r.micros for r in rows if r.model == "LSTM 1024" and r.batch == 1 and r.micros}
+    rnnx, bare = at["rnnx fp32 (CPU), generation loop"], at["bare onnxruntime session.run, fp32"]
+    int8 = at["rnnx int8 (CPU), generation loop"]
+    eager = at["torch eager (CPU)"]
+    floor = next(v for k, v in at.items() if k.startswith("numpy floor"))
+    checks = [
+        ("rnnx fp32 ≤ 0.3× torch eager", rnnx / eager, rnnx / eager <= 0.3),
+        ("rnnx fp32 ≤ 1.3× floor", rnnx / floor, rnnx / floor <= 1.3),
+        ("rnnx overhead over the bare session ≤ 10%", rnnx / bare - 1, rnnx / bare <= 1.1),
+        ("int8 ≥ 1.8× faster than fp32", rnnx / int8, rnnx / int8 >= 1.8),
+    ]
+    return "\n".join(f"- {what}: {value:.2f} — {'met' if ok else 'MISSED'}" for what, value, ok in checks)
+
+
+START, END = "<!-- latency.py:start -->", "<!-- latency.py:end -->"
+
+
+def write_between_markers(path: Path, report: str) -> None:
+    """Replace what lies between START and END in `path` (appending both if absent), atomically."""
+    text = path.read_text("utf-8") if path.exists() else ""
+    block = f"{START}\n{report}{END}"
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
+    else:
+        text = f"{text.rstrip()}\n\n{block}\n" if text else f"{block}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime")
+    parser.add_argument("--seconds", type=float, default=2.5, help="measuring time per row")
+    parser.add_argument("--markdown", type=Path, help="also put the table into this file, between the markers")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="rnnx-bench-") as tmp:
+        for name, cfg in MODELS.items():
+            print(f"{name}: exporting and measuring", flush=True)
+            rows += bench_model(name, cfg, Path(tmp), args.threads, args.seconds)
+    cuda_note = "" if cuda_available() else f"\nCUDA rows ({', '.join(CUDA_ROWS)}): skipped: no CUDA\n"
+    report = (
+        f"Machine: {machine()}\n\n{table(rows)}\n{cuda_note}\nTargets (CPU, batch 1, LSTM 1024):\n{targets(rows)}\n"
+    )
+    print("\n" + report)
+    if args.markdown:
+        write_between_markers(args.markdown, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Checkpoints: a SIGKILLed run resumes and finishes, its last checkpoint intact; resuming is exact."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnx.trainer.checkpoint import TRAIN_STATE, load_model, load_train_state
+from rnnx.trainer.model import ModelConfig
+from rnnx.trainer.train import TrainConfig, resume, train
+
+WORDS = "the cat sat on a mat and then it ran to see what the dog was doing by the old red door".split()
+
+
+def make_text(path: Path, chars: int = 30_000) -> Path:
+    rng = random.Random(0)
+    words: list[str] = []
+    while sum(len(w) + 1 for w in words) < chars:
+        words += rng.sample(WORDS, 6) + ["."]
+    path.write_text(" ".join(words) + "\n", encoding="utf-8")
+    return path
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from rnnx.cli.train import app; app()", *args]
+
+
+def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
+    data, out = make_text(tmp_path / "text.txt"), tmp_path / "run"
+    args = ["--data", str(data), "--out", str(out), "--cell", "lstm", "--hidden", "24", "--embed", "8"]
+    args += ["--batch-size", "8", "--seq-len", "16", "--steps", "100000", "--lr", "0.003", "--checkpoint-every", "5"]
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        step = 0
+        while step < 40:  # several checkpoints have been replaced by the time it is killed
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
+            assert time.monotonic() < deadline, "no checkpoint past step 40 within 120 s"
+            time.sleep(0.05)
+            if (out / TRAIN_STATE).is_file():
+                step = load_train_state(out)[1]["progress"]["step"]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    tensors, meta = load_train_state(out)  # the last checkpoint survived the kill whole
+    killed_at = meta["progress"]["step"]
+    assert killed_at >= 40 and killed_at % 5 == 0
+    assert {"model.rnn.weight_hh_l0", "rng.cpu", "carry.0", "carry.1"} <= set(tensors)
+
+    finish = killed_at + 20
+    done = subprocess.run(
+        _cli("--out", str(out), "--resume", "--steps", str(finish)), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert load_train_state(out)[1]["progress"]["step"] == finish
+    model, tokenizer, document = load_model(out)
+    assert model.config.cell == "lstm" and tokenizer.kind == "char" and document["val_loss"] > 0
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == finish  # the killed run's records past its checkpoint are gone
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_resume_continues_exactly(tmp_path: Path, cell: str) -> None:
+    data = make_text(tmp_path / "text.txt", 12_000)
+    model_config = ModelConfig(cell=cell, embed=8, hidden=16, dropout=0.2, weight_drop=0.2, embed_dropout=0.1)
+    base = dict(data=data, batch_size=4, seq_len=16, lr=0.003, clip=1.0, weight_decay=0.01, eval_every=7)
+    straight = train(model_config, TrainConfig(out=tmp_path / "a", steps=40, **base), progress=False)
+    train(model_config, TrainConfig(out=tmp_path / "b", steps=20, **base), progress=False)
+    resumed = resume(tmp_path / "b", {"steps": 40}, progress=False)
+    assert straight.steps == resumed.steps == 40
+    a, b = load_train_state(tmp_path / "a")[0], load_train_state(tmp_path / "b")[0]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -1,0 +1,78 @@
+"""Named settings (`--preset`) after the classic tutorials' models, tuned to train better than they do.
+
+A preset fills in model and training settings; any flag given on the command line overrides it. Without a
+preset, the defaults of `ModelConfig` and `TrainConfig` train the built-in three-sentence vanilla RNN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from rnnx.runtime.errors import UsageError
+from rnnx.trainer.model import ModelConfig
+from rnnx.trainer.train import TrainConfig
+
+# Shared by the character presets: contiguous TBPTT batches, AdamW, warm-up then cosine decay to the end of
+# whichever limit (epochs, steps, minutes) comes first, validation every 30 s so the best model is kept.
+_CHAR_TRAINING: dict[str, Any] = {
+    "tokenizer": "char",
+    "epochs": 100,
+    "batch_size": 64,
+    "seq_len": 128,
+    "lr": 3e-3,
+    "weight_decay": 0.01,
+    "clip": 1.0,
+    "schedule": "cosine",
+    "warmup": 100,
+    "min_lr": 0.02,
+    "eval_seconds": 30.0,
+    "precision": "auto",
+}
+
+PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # The tutorials' GRU (embedding 256, 1024 units); sized for a GPU, regularised so it does not overfit.
+    "shakespeare-gru": (
+        {"cell": "gru", "embed": 256, "hidden": 1024, "layers": 1, "dropout": 0.3, "weight_drop": 0.2},
+        {**_CHAR_TRAINING, "seq_len": 100, "lr": 2e-3},
+    ),
+    # The best character LSTM found for ten minutes on a 2-core CPU (see docs/training.md for the probes).
+    "shakespeare-lstm": (
+        {"cell": "lstm", "embed": 128, "hidden": 512, "layers": 1, "dropout": 0.1, "weight_drop": 0.1},
+        dict(_CHAR_TRAINING),
+    ),
+    # The word-level tutorial's LSTM (150 units) with tied embeddings, for a story of a few thousand words.
+    "words-lstm": (
+        {"cell": "lstm", "embed": 150, "hidden": 150, "layers": 1, "dropout": 0.3, "weight_drop": 0.2, "tie": True},
+        {
+            "tokenizer": "word",
+            "min_freq": 1,
+            "max_vocab": 10000,
+            "epochs": 150,
+            "batch_size": 8,
+            "seq_len": 32,
+            "lr": 3e-3,
+            "weight_decay": 0.01,
+            "clip": 1.0,
+            "schedule": "cosine",
+            "warmup": 20,
+            "min_lr": 0.05,
+            "eval_seconds": 5.0,
+            "precision": "auto",
+        },
+    ),
+}
+
+
+def resolve(
+    preset: str | None, model_flags: dict[str, Any], train_flags: dict[str, Any]
+) -> tuple[ModelConfig, TrainConfig]:
+    """Defaults, then the preset's settings, then the flags the user gave (None means "not given")."""
+    if preset is not None and preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    model_base, train_base = PRESETS[preset] if preset else ({}, {})
+    model_known = {f.name for f in fields(ModelConfig)}
+    train_known = {f.name for f in fields(TrainConfig)}
+    model_given = {k: v for k, v in model_flags.items() if v is not None and k in model_known}
+    train_given = {k: v for k, v in train_flags.items() if v is not None and k in train_known}
+    return ModelConfig(**{**model_base, **model_given}), TrainConfig(**{**train_base, **train_given})
