@@ -1,6 +1,6 @@
 """Per-token latency of one generation step, every way of running it, side by side in one run.
 
-    flock /tmp/rnnx-cpu.lock .venv/bin/python bench/latency.py            # about 3 minutes on 2 cores
+    flock /tmp/rnnx-cpu.lock .venv/bin/python bench/latency.py            # 3 to 4 minutes on 2 cores
     flock /tmp/rnnx-cpu.lock .venv/bin/python bench/latency.py --markdown docs/benchmarks.md
 
 Models: the tutorials' char models (embedding 256, LSTM 1024 or GRU 1024, vocab 65) and a small vanilla RNN
@@ -45,6 +45,7 @@ MODELS = {
     "RNN 256 (small)": ModelConfig(cell="rnn", embed=64, hidden=256),
 }
 BATCHES = (1, 64)
+FLOOR = "numpy floor:"
 CUDA_ROWS = ("torch eager (CUDA)", "torch CUDA graph", "rnnx fp32, IOBinding (CUDA)", "rnnx fp32, CUDA graphs")
 
 StepLoop = Callable[[int], None]  # runs n steps
@@ -59,20 +60,24 @@ class Row:
     note: str = ""
 
 
-def timed(loop: StepLoop, seconds: float) -> float:
-    """Median µs per step over repeated chunks of steps, after a warm-up; about `seconds` of measuring."""
-    loop(5)
-    start = time.perf_counter()
-    loop(20)
-    per_step = (time.perf_counter() - start) / 20
-    chunk = max(5, int(0.05 / per_step))
-    samples = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(samples) < 5:
+def timed_together(loops: list[StepLoop], seconds: float, rounds: int = 5) -> list[float]:
+    """Median µs per step of each loop, measured round-robin so that a passing load hits every row alike.
+
+    Each loop is warmed up, then measured in `rounds` turns of about seconds / rounds each.
+    """
+    chunks = []
+    for loop in loops:
+        loop(5)
         start = time.perf_counter()
-        loop(chunk)
-        samples.append((time.perf_counter() - start) / chunk)
-    return statistics.median(samples) * 1e6
+        loop(10)
+        chunks.append(max(1, int(seconds / rounds / ((time.perf_counter() - start) / 10))))
+    samples: list[list[float]] = [[] for _ in loops]
+    for _ in range(rounds):
+        for loop, chunk, mine in zip(loops, chunks, samples):
+            start = time.perf_counter()
+            loop(chunk)
+            mine.append((time.perf_counter() - start) / chunk * 1e6)
+    return [statistics.median(mine) for mine in samples]
 
 
 def torch_loop(model: RNNLM, batch: int, device: str) -> StepLoop:
@@ -183,30 +188,33 @@ def bench_model(name: str, cfg: ModelConfig, workdir: Path, threads: int, second
 
     rows = []
     for batch in BATCHES:
-        floor, floor_bytes = floor_loop(model, batch)
         cases = [
             ("torch eager (CPU)", torch_loop(model, batch, "cpu")),
             ("rnnx fp32 (CPU), generation loop", rnnx_loop(fp32, batch)),
             ("bare onnxruntime session.run, fp32", bare_session_loop(fp32, batch)),
             ("rnnx int8 (CPU), generation loop", rnnx_loop(int8, batch)),
-            (f"numpy floor: x·W over {floor_bytes / 2**20:.1f} MiB fp32", floor),
         ]
-        for what, loop in cases:
-            rows.append(Row(name, batch, what, timed(loop, seconds)))
-            print(f"  {name} batch {batch}: {what}: {rows[-1].micros:.0f} µs", flush=True)
+        if batch == 1:  # a matrix-vector floor; at batch 64 the step is arithmetic, not memory, bound
+            floor, floor_bytes = floor_loop(model, batch)
+            cases.append((f"{FLOOR} x·W over {floor_bytes / 2**20:.1f} MiB fp32", floor))
+        micros = timed_together([loop for _, loop in cases], seconds * len(cases))
+        for (what, _), value in zip(cases, micros):
+            rows.append(Row(name, batch, what, value))
+            print(f"  {name} batch {batch}: {what}: {value:.0f} µs", flush=True)
         rows += cuda_rows(name, model, fp32_path, batch, seconds)
     return rows
 
 
 def cuda_rows(name: str, model: RNNLM, path: Path, batch: int, seconds: float) -> list[Row]:
+    """The GPU rows, each measured on its own (timed_together's round-robin is for the CPU rows)."""
     whats = CUDA_ROWS
     if not cuda_available():
         return []  # reported once, under the table
     gpu_model = RNNLM(model.config).to("cuda").eval()
     gpu_model.load_state_dict(model.state_dict())
     rows = [
-        Row(name, batch, whats[0], timed(torch_loop(gpu_model, batch, "cuda"), seconds)),
-        Row(name, batch, whats[1], timed(torch_cuda_graph_loop(gpu_model, batch), seconds)),
+        Row(name, batch, whats[0], timed_together([torch_loop(gpu_model, batch, "cuda")], seconds)[0]),
+        Row(name, batch, whats[1], timed_together([torch_cuda_graph_loop(gpu_model, batch)], seconds)[0]),
     ]
     for what, cuda_graph in zip(whats[2:], (False, True)):
         try:
@@ -214,8 +222,35 @@ def cuda_rows(name: str, model: RNNLM, path: Path, batch: int, seconds: float) -
         except Exception as exc:  # the runtime's own errors, or onnxruntime's
             rows.append(Row(name, batch, what, None, f"skipped: {exc}"))
         else:
-            rows.append(Row(name, batch, what, timed(rnnx_loop(on_gpu, batch), seconds)))
+            rows.append(Row(name, batch, what, timed_together([rnnx_loop(on_gpu, batch)], seconds)[0]))
     return rows
+
+
+def cpu_times() -> list[int]:
+    """The machine-wide `cpu` line of /proc/stat (user nice system idle iowait irq softirq steal ...), or []."""
+    try:
+        return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return []
+
+
+def load_note(before: list[int], after: list[int], own_seconds: float) -> str:
+    """How busy the cores were during the run, and how much of that was not this process (other work skews rows)."""
+    if not before or not after or len(after) < 8:
+        return ""
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta[:8]) or 1
+    busy = 1 - (delta[3] + delta[4]) / total
+    own = own_seconds * os.sysconf("SC_CLK_TCK") / total
+    return (
+        f" During the run the cores were {busy:.0%} busy, this process {own:.0%}; "
+        f"{delta[7] / total:.1%} of CPU time was stolen by the host."
+    )
+
+
+def own_cpu_seconds(since: os.times_result) -> float:
+    now = os.times()
+    return (now.user - since.user) + (now.system - since.system)
 
 
 def machine() -> str:
@@ -251,11 +286,12 @@ def table(rows: list[Row]) -> str:
             continue
         same = [r for r in rows if (r.model, r.batch) == (row.model, row.batch) and r.micros is not None]
         eager = next(r.micros for r in same if r.what.startswith("torch eager (CPU)"))
-        floor = next(r.micros for r in same if r.what.startswith("numpy floor"))
+        floor = next((r.micros for r in same if r.what.startswith(FLOOR)), None)
         tokens_per_s = row.batch * 1e6 / row.micros
+        vs_floor = f"{row.micros / floor:.2f}" if floor else "—"
         lines.append(
             f"| {row.model} | {row.batch} | {row.what} | {row.micros:.0f} | {tokens_per_s:,.0f} | "
-            f"{row.micros / eager:.2f} | {row.micros / floor:.2f} |"
+            f"{row.micros / eager:.2f} | {vs_floor} |"
         )
     return "\n".join(lines)
 
@@ -266,7 +302,7 @@ def targets(rows: list[Row]) -> str:
     rnnx, bare = at["rnnx fp32 (CPU), generation loop"], at["bare onnxruntime session.run, fp32"]
     int8 = at["rnnx int8 (CPU), generation loop"]
     eager = at["torch eager (CPU)"]
-    floor = next(v for k, v in at.items() if k.startswith("numpy floor"))
+    floor = next(v for k, v in at.items() if k.startswith(FLOOR))
     checks = [
         ("rnnx fp32 ≤ 0.3× torch eager", rnnx / eager, rnnx / eager <= 0.3),
         ("rnnx fp32 ≤ 1.3× floor", rnnx / floor, rnnx / floor <= 1.3),
@@ -296,18 +332,21 @@ def write_between_markers(path: Path, report: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime")
-    parser.add_argument("--seconds", type=float, default=2.5, help="measuring time per row")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per row")
     parser.add_argument("--markdown", type=Path, help="also put the table into this file, between the markers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows: list[Row] = []
+    before, own_before = cpu_times(), os.times()
     with tempfile.TemporaryDirectory(prefix="rnnx-bench-") as tmp:
         for name, cfg in MODELS.items():
             print(f"{name}: exporting and measuring", flush=True)
             rows += bench_model(name, cfg, Path(tmp), args.threads, args.seconds)
-    cuda_note = "" if cuda_available() else f"\nCUDA rows ({', '.join(CUDA_ROWS)}): skipped: no CUDA\n"
+    cuda_note = "" if cuda_available() else f"\nCUDA rows ({'; '.join(CUDA_ROWS)}): skipped: no CUDA\n"
+    note = load_note(before, cpu_times(), own_cpu_seconds(own_before))
     report = (
-        f"Machine: {machine()}\n\n{table(rows)}\n{cuda_note}\nTargets (CPU, batch 1, LSTM 1024):\n{targets(rows)}\n"
+        f"Machine: {machine()}.{note}\n\n{table(rows)}\n{cuda_note}\n"
+        f"Targets (CPU, batch 1, LSTM 1024):\n{targets(rows)}\n"
     )
     print("\n" + report)
     if args.markdown:

@@ -105,7 +105,17 @@ def main() -> None:
     parser.add_argument("--preset", default="shakespeare-lstm")
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget for each of the two runs")
     parser.add_argument("--skip-plain", action="store_true", help="train only rnnx")
+    parser.add_argument("--score", type=Path, help="only score this trained model directory on --data")
     args = parser.parse_args()
+    if args.score:
+        model, tokenizer, document = load_model(args.score)
+        _, val_ids = split_ids(torch.tensor(tokenizer.encode(read_corpus(args.data))))
+        stateful, windowed = score(model, val_ids)
+        print(
+            f"{args.score} (step {document.get('step')}): stateful {stateful:.4f} nats/char "
+            f"({stateful / LN2:.3f} bits/char), windowed-256 {windowed:.4f} ({windowed / LN2:.3f} bits/char)"
+        )
+        return
 
     m, c = resolve(args.preset, {}, {"data": args.data, "minutes": args.minutes, "epochs": 10_000})
     text = read_corpus(args.data)

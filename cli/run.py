@@ -1,6 +1,6 @@
 """rnn-run: generate text from an exported .onnx model (numpy + onnxruntime only).
 
-    rnn-run --model artifacts/default/model.onnx --seed "good" --len 15
+rnn-run --model artifacts/default/model.onnx --seed "good" --len 15
 """
 
 from __future__ import annotations

@@ -68,7 +68,9 @@ def _rnn_layer(b: _Builder, k: int, x: str | None, h: str, p: dict[str, np.ndarr
     return b.op("Tanh", [gates], f"h_new_{k}")[0]
 
 
-def _lstm_layer(b: _Builder, k: int, x: str | None, h: str, c: str, p: dict[str, np.ndarray], hidden: int):
+def _lstm_layer(
+    b: _Builder, k: int, x: str | None, h: str, c: str, p: dict[str, np.ndarray], hidden: int
+) -> tuple[str, str]:
     w_ih, w_hh = (_reorder(p[f"rnn.weight_{n}_l{k}"], _LSTM_IFOG) for n in ("ih", "hh"))
     bias = _reorder(p[f"rnn.bias_ih_l{k}"] + p[f"rnn.bias_hh_l{k}"], _LSTM_IFOG)
     gates = _layer_gates(b, k, x, h, w_ih, w_hh, bias)

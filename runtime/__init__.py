@@ -1,9 +1,9 @@
 """rnnx runtime: run an exported rnnx `.onnx` model with numpy and onnxruntime only (no torch).
 
-    from rnnx.runtime import Model, SamplingConfig
+from rnnx.runtime import Model, SamplingConfig
 
-    model = Model("model.onnx")
-    print(model.generate("ROMEO:", sampling=SamplingConfig(temperature=0.8, max_new_tokens=200, rng_seed=1)))
+model = Model("model.onnx")
+print(model.generate("ROMEO:", sampling=SamplingConfig(temperature=0.8, max_new_tokens=200, rng_seed=1)))
 """
 
 from rnnx.runtime.errors import ModelFileError, RnnxError, UsageError

@@ -27,14 +27,17 @@ DEVICE = "cuda"
 NO_GRAPH = "-1"  # gpu_graph_id for runs that must not be captured (prompt ingestion, Model.step)
 
 
-def _device_zeros(shape: tuple[int, ...], dtype: type) -> ort.OrtValue:
-    value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, DEVICE, 0)
+def _device_zeros(shape: tuple[int, ...], dtype: type, device: str) -> ort.OrtValue:
+    value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, device, 0)
     value.update_inplace(np.zeros(shape, dtype))  # fresh device memory holds whatever was there before
     return value
 
 
 class CudaSteps:
-    """Device-resident steps for one stream (see the module docstring); the `Steps` protocol of `steps.py`."""
+    """Device-resident steps for one stream (see the module docstring); the `Steps` protocol of `steps.py`.
+
+    `device` is "cuda" in use; tests without a GPU pass "cpu" to run the same code on host OrtValues.
+    """
 
     def __init__(
         self,
@@ -45,6 +48,7 @@ class CudaSteps:
         graph_ids: tuple[int, int] | None = None,
         lock: threading.Lock | None = None,
         on_close: Callable[[CudaSteps], None] | None = None,
+        device: str = DEVICE,
     ) -> None:
         self.batch = batch
         self._session = session
@@ -54,9 +58,11 @@ class CudaSteps:
         self._current = 0  # which state buffer the next step reads
         shape = (info.layers, batch, info.hidden)
         with self._lock:
-            self._tokens = _device_zeros((batch,), np.int64)
-            self._logits = _device_zeros((batch, info.vocab_size), np.float32)
-            self._states = [tuple(_device_zeros(shape, np.float32) for _ in info.state_inputs) for _ in range(2)]
+            self._tokens = _device_zeros((batch,), np.int64, device)
+            self._logits = _device_zeros((batch, info.vocab_size), np.float32, device)
+            self._states = [
+                tuple(_device_zeros(shape, np.float32, device) for _ in info.state_inputs) for _ in range(2)
+            ]
         self._bindings = [self._bind(info, source) for source in (0, 1)]
         self._run_options = [ort.RunOptions(), ort.RunOptions()]
         if graph_ids is not None:
@@ -101,10 +107,11 @@ class CudaSteps:
 class GraphPool:
     """CUDA-graph buffer sets of one model, per batch size, each lent to one stream at a time."""
 
-    def __init__(self, session: ort.InferenceSession, info: contract.ModelInfo) -> None:
+    def __init__(self, session: ort.InferenceSession, info: contract.ModelInfo, device: str = DEVICE) -> None:
         self.lock = threading.Lock()  # held by every CUDA call on this session (see the module docstring)
         self._session = session
         self._info = info
+        self._device = device
         self._free: dict[int, list[CudaSteps]] = {}
         self._next_graph_id = 1
 
@@ -118,7 +125,13 @@ class GraphPool:
             graph_ids = (self._next_graph_id, self._next_graph_id + 1)  # one captured graph per direction
             self._next_graph_id += 2
         return CudaSteps(
-            self._session, self._info, batch, graph_ids=graph_ids, lock=self.lock, on_close=self._release
+            self._session,
+            self._info,
+            batch,
+            graph_ids=graph_ids,
+            lock=self.lock,
+            on_close=self._release,
+            device=self._device,
         )
 
     def _release(self, steps: CudaSteps) -> None:

@@ -1,7 +1,8 @@
 """A loaded rnnx model: an onnxruntime session over the step graph plus the tokenizer from its metadata.
 
     model = Model("artifacts/default/model.onnx")
-    print(model.generate("good", SamplingConfig(max_new_tokens=11)))
+    print(model.generate("good", 11))  # greedy, 11 new tokens
+    print(model.generate("good", sampling=SamplingConfig(temperature=0.8, max_new_tokens=11, rng_seed=1)))
 
 The model holds no generation state: each `generate`/`stream`/`generate_batch` call (or `generator`) makes its
 own, so one instance serves many threads at once.
@@ -174,7 +175,8 @@ class Model:
 
     def __repr__(self) -> str:
         info = self.info
-        return f"Model({str(self.path)!r}, {info.cell} {info.layers}x{info.hidden}, vocab {info.vocab_size}, {self.device})"
+        shape = f"{info.cell} {info.layers}x{info.hidden}, vocab {info.vocab_size}"
+        return f"Model({str(self.path)!r}, {shape}, {self.device})"
 
 
 def _config(sampling: SamplingConfig | None, max_new_tokens: int | None) -> SamplingConfig:
@@ -183,4 +185,3 @@ def _config(sampling: SamplingConfig | None, max_new_tokens: int | None) -> Samp
     elif not isinstance(sampling, SamplingConfig):
         raise UsageError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
     return sampling if max_new_tokens is None else replace(sampling, max_new_tokens=max_new_tokens)
-

@@ -1,0 +1,130 @@
+"""Loading refuses bad files and bad arguments with one clear error, and never needs more than the .onnx file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from rnnx.export.graph import build_step_graph
+from rnnx.runtime import Model, ModelFileError, RnnxError, UsageError, contract
+from rnnx.runtime.tokenizer import CharTokenizer
+from rnnx.trainer.model import RNNLM, ModelConfig
+
+
+@pytest.fixture(scope="module")
+def proto() -> onnx.ModelProto:
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer.build("abcdefgh ")
+    model = RNNLM(ModelConfig(cell="lstm", vocab_size=len(tokenizer.vocab), embed=4, hidden=8, layers=2)).eval()
+    return build_step_graph(model, tokenizer, 17)
+
+
+def save(proto: onnx.ModelProto, path: Path, **meta_changes: str | None) -> Path:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    meta = {p.key: p.value for p in copy.metadata_props}
+    for key, value in meta_changes.items():
+        key = key.replace("__", ".")
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    del copy.metadata_props[:]
+    onnx.helper.set_model_props(copy, meta)
+    path.write_bytes(copy.SerializeToString())
+    return path
+
+
+def test_a_good_file_loads_and_describes_itself(proto: onnx.ModelProto, tmp_path: Path) -> None:
+    model = Model(save(proto, tmp_path / "m.onnx"), provider="cpu")
+    assert (model.info.cell, model.info.layers, model.info.hidden, model.info.vocab_size) == ("lstm", 2, 8, 10)
+    assert model.device == "cpu" and "lstm 2x8" in repr(model)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"hello, not a model\n", b"\x08\x07" + b"\xff" * 40, b""],
+    ids=["text", "garbage", "empty"],
+)
+def test_file_that_is_not_onnx(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "x.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="not an ONNX model|could not be loaded"):
+        Model(path, provider="cpu")
+
+
+def test_truncated_file(proto: onnx.ModelProto, tmp_path: Path) -> None:
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(proto.SerializeToString()[:500])
+    with pytest.raises(ModelFileError, match="cut.onnx"):
+        Model(path, provider="cpu")
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="not found"):
+        Model(tmp_path / "none.onnx")
+    with pytest.raises(ModelFileError, match="not a file"):
+        Model(tmp_path)
+
+
+def test_onnx_without_rnnx_metadata(proto: onnx.ModelProto, tmp_path: Path) -> None:
+    path = save(proto, tmp_path / "bare.onnx", **{k.replace(".", "__"): None for k in contract.META_KEYS})
+    with pytest.raises(ModelFileError, match="no rnnx metadata"):
+        Model(path, provider="cpu")
+
+
+def test_newer_format_version(proto: onnx.ModelProto, tmp_path: Path) -> None:
+    path = save(proto, tmp_path / "new.onnx", rnnx__format_version=str(contract.FORMAT_VERSION + 1))
+    with pytest.raises(ModelFileError, match="newer"):
+        Model(path, provider="cpu")
+
+
+def test_external_data_is_refused(proto: onnx.ModelProto, tmp_path: Path) -> None:
+    path, copy = tmp_path / "ext.onnx", onnx.ModelProto()
+    copy.CopyFrom(proto)  # save_model moves the tensors of the proto it is given out to the data file
+    onnx.save_model(copy, path, save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin")
+    assert (tmp_path / "w.bin").exists()
+    with pytest.raises(ModelFileError, match="external data"):
+        Model(path, provider="cpu")
+
+
+def test_inputs_that_do_not_match_the_contract(proto: onnx.ModelProto, tmp_path: Path) -> None:
+    path = save(proto, tmp_path / "gru.onnx", rnnx__cell="gru")  # a GRU takes no c: the LSTM graph's c is extra
+    with pytest.raises(ModelFileError, match="does not match the rnnx contract"):
+        Model(path, provider="cpu")
+
+
+def test_shapes_that_disagree_with_the_metadata(proto: onnx.ModelProto, tmp_path: Path) -> None:
+    path = save(proto, tmp_path / "deep.onnx", rnnx__layers="3")
+    with pytest.raises(ModelFileError, match="shapes disagree"):
+        Model(path, provider="cpu")
+
+
+def test_vocabulary_that_disagrees_with_the_metadata(proto: onnx.ModelProto, tmp_path: Path) -> None:
+    path = save(proto, tmp_path / "vocab.onnx", rnnx__vocab_size="11")
+    with pytest.raises(ModelFileError, match="vocabulary"):
+        Model(path, provider="cpu")
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"provider": "tpu"}, "provider"),
+        ({"threads": -1}, "threads"),
+        ({"provider": "cpu", "cuda_graph": True}, "CUDA graphs"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(proto: onnx.ModelProto, tmp_path: Path, kwargs: dict, words: str) -> None:
+    with pytest.raises(UsageError, match=words):
+        Model(save(proto, tmp_path / "m.onnx"), **kwargs)
+
+
+def test_explicit_cuda_without_a_gpu_is_one_clear_error(proto: onnx.ModelProto, tmp_path: Path) -> None:
+    path = save(proto, tmp_path / "m.onnx")
+    if Model(path, provider="auto").device == "cuda":
+        pytest.skip("a GPU is present here: this checks the machine without one")
+    with pytest.raises(RnnxError, match="CUDA provider was asked for"):
+        Model(path, provider="cuda")
