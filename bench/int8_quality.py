@@ -101,13 +101,13 @@ def main() -> None:
         path = args.model_dir / f"model-{weights}.onnx"
         export_model(args.model_dir, path, quantize=None if weights == "fp32" else weights)
         loss, micros = stateful_loss(Model(path, provider="cpu"), val_text)
-        results[weights] = {"val_nats_per_char": round(loss, 4), "us_per_step": round(micros, 1)}
-        print(f"{weights}: validation {loss:.4f} nats/char, {micros:.0f} µs/step (batch 1, incl. the loss)")
+        results[weights] = {"val_nats_per_char": round(loss, 5), "us_per_step": round(micros, 1)}
+        print(f"{weights}: validation {loss:.5f} nats/char, {micros:.0f} µs/step (batch 1, incl. the loss)")
     delta = results["int8"]["val_nats_per_char"] - results["fp32"]["val_nats_per_char"]
     speed = results["fp32"]["us_per_step"] / results["int8"]["us_per_step"]
     model_desc = f"{cfg.cell} {cfg.layers}x{cfg.hidden}, embed {cfg.embed}, vocab {cfg.vocab_size}"
-    print(f"{model_desc}: int8 - fp32 = {delta:+.4f} nats/char; int8 {speed:.2f}x faster per step")
-    print(json.dumps({"model": model_desc, **results, "delta": round(delta, 4), "speedup": round(speed, 2)}))
+    print(f"{model_desc}: int8 - fp32 = {delta:+.5f} nats/char; int8 {speed:.2f}x faster per step")
+    print(json.dumps({"model": model_desc, **results, "delta": round(delta, 5), "speedup": round(speed, 2)}))
 
 
 if __name__ == "__main__":
