@@ -17,13 +17,7 @@ from rnnx.trainer.model import RNNLM, ModelConfig
 TEXT = "the quick brown fox jumps over the lazy dog"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and then do not fight other processes for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_model(cell: str, layers: int, embed: int = 8, hidden: int = 16) -> tuple[RNNLM, CharTokenizer]:

@@ -39,12 +39,21 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     # The best character LSTM found for ten minutes on a 2-core CPU (see docs/training.md for the probes).
     "shakespeare-lstm": (
-        {"cell": "lstm", "embed": 128, "hidden": 768, "layers": 1, "dropout": 0.2, "weight_drop": 0.2},
+        {"cell": "lstm", "embed": 128, "hidden": 512, "layers": 1, "dropout": 0.1, "weight_drop": 0.1},
         dict(_CHAR_TRAINING),
     ),
     # The word-level tutorial's LSTM (150 units) with tied embeddings, for a story of a few thousand words.
     "words-lstm": (
-        {"cell": "lstm", "embed": 150, "hidden": 150, "layers": 1, "dropout": 0.3, "weight_drop": 0.2, "tie": True},
+        {
+            "cell": "lstm",
+            "embed": 150,
+            "hidden": 150,
+            "layers": 1,
+            "dropout": 0.5,
+            "weight_drop": 0.5,
+            "embed_dropout": 0.1,
+            "tie": True,
+        },
         {
             "tokenizer": "word",
             "min_freq": 1,
