@@ -255,6 +255,18 @@ def _restore(
     return tuple(tensors[f"carry.{i}"].to(device) for i in range(count))
 
 
+def _train_record(progress: Progress, loss: float, lr: float | None = None) -> dict[str, Any]:
+    """One `train` line of metrics.jsonl: where the run is and its mean loss since the last line."""
+    record = {
+        "event": "train",
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "tokens": progress.tokens,
+        "seconds": progress.elapsed,
+    }
+    return {**record, "lr": lr, "loss": loss} if lr is not None else {**record, "loss": loss}
+
+
 class _Run:
     """One training run from `progress` on: the loop, validation, checkpoints and reports."""
 
@@ -343,17 +355,7 @@ class _Run:
                 progress.elapsed = now - start
                 if progress.step - log_step >= 10 and now - last_log >= 0.2 or epoch_end and loss_count:
                     final_loss = loss_sum / loss_count
-                    metrics.write(
-                        {
-                            "event": "train",
-                            "step": progress.step,
-                            "epoch": progress.epoch,
-                            "tokens": progress.tokens,
-                            "seconds": progress.elapsed,
-                            "lr": lr,
-                            "loss": final_loss,
-                        }
-                    )
+                    metrics.write(_train_record(progress, final_loss, lr))
                     log_step, last_log, loss_sum, loss_count = progress.step, now, 0.0, 0
                 stop = False
                 due = (
@@ -376,16 +378,7 @@ class _Run:
                     break
             if loss_count:
                 final_loss = loss_sum / loss_count
-                metrics.write(
-                    {
-                        "event": "train",
-                        "step": progress.step,
-                        "epoch": progress.epoch,
-                        "tokens": progress.tokens,
-                        "seconds": progress.elapsed,
-                        "loss": final_loss,
-                    }
-                )
+                metrics.write(_train_record(progress, final_loss))
             if self.setup.val_ids is None:
                 save_model(
                     config.out, model, self.setup.tokenizer, {**self.document(progress), "final_loss": final_loss}
