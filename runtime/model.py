@@ -22,7 +22,7 @@ import onnxruntime as ort
 from rnnx.runtime import contract
 from rnnx.runtime.errors import ModelFileError, UsageError
 from rnnx.runtime.generator import Generator, collect
-from rnnx.runtime.onnxfile import read_model_bytes
+from rnnx.runtime.onnxfile import read_metadata, read_model_bytes
 from rnnx.runtime.sampling import SamplingConfig
 from rnnx.runtime.session import CUDA, PROVIDERS, check_io, open_session
 from rnnx.runtime.steps import CpuSteps, State, Steps
@@ -56,9 +56,10 @@ class Model:
         path = Path(path)
         source = str(path)
         data = read_model_bytes(path)
+        # the metadata decides whether this is an rnnx model at all, before onnxruntime is asked to load it
+        self.info = contract.ModelInfo.from_metadata(read_metadata(data, source), source)
         settings = {"threads": threads, "spin": spin, "cuda_graph": cuda_graph}
         session = open_session(data, provider, source, **settings)
-        self.info = contract.ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source)
         if self.info.weights != "fp32" and session.get_providers()[0] == CUDA:
             # dynamic int8 quantization has CPU kernels only; on CUDA it would run slower, partly on the host
             if provider == "cuda":

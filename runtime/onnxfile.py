@@ -12,7 +12,8 @@ from pathlib import Path
 from rnnx.runtime.errors import ModelFileError
 
 # Field numbers from onnx.proto.
-_MODEL_GRAPH = 7
+_MODEL_GRAPH, _MODEL_METADATA = 7, 14
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
 _GRAPH_NODE, _GRAPH_INITIALIZER = 1, 5
 _NODE_ATTRIBUTE = 5
 _ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS = 5, 6, 10, 11
@@ -112,3 +113,17 @@ def read_model_bytes(path: Path) -> bytes:
             f"{path} keeps tensors in external data files, which rnnx refuses: export a single .onnx file"
         )
     return data
+
+
+def read_metadata(data: bytes, source: str) -> dict[str, str]:
+    """The model's `metadata_props`, read before onnxruntime sees the file (bytes from `read_model_bytes`)."""
+    meta: dict[str, str] = {}
+    try:
+        for field, wire, entry in _fields(memoryview(data)):
+            if field != _MODEL_METADATA or wire != 2:
+                continue
+            parts = {f: bytes(v).decode("utf-8") for f, w, v in _fields(entry) if w == 2}
+            meta[parts.get(_ENTRY_KEY, "")] = parts.get(_ENTRY_VALUE, "")
+    except (_Malformed, UnicodeDecodeError):
+        raise ModelFileError(f"{source} has unreadable metadata: re-export it") from None
+    return meta

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 
 import onnxruntime as ort
 
@@ -70,6 +71,9 @@ def open_session(
         raise UsageError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
     if not isinstance(threads, int) or threads < 0:
         raise UsageError(f"threads must be 0 (onnxruntime decides) or positive, got {threads!r}")
+    most = 4 * (os.cpu_count() or 1)  # far past this, onnxruntime spends ages starting threads that only contend
+    if threads > most:
+        raise UsageError(f"threads {threads} is far more than this machine's {os.cpu_count()} CPUs: use at most {most}")
     if cuda_graph and provider == "cpu":
         raise UsageError("CUDA graphs need the CUDA provider: use provider cuda or auto, or leave cuda_graph off")
     try:

@@ -130,7 +130,8 @@ class WordTokenizer:
         if token_id == UNK_ID:
             return ""
         tok = self.vocab[token_id]
-        prev = self.vocab[prev_id] if prev_id is not None and prev_id != UNK_ID else None
+        # an unknown previous token (a seed word outside the vocabulary) is spaced like an ordinary word
+        prev = None if prev_id is None else "" if prev_id == UNK_ID else self.vocab[prev_id]
         if self.lowercase and (prev is None or prev in self.capitalize_after or tok == "i" or tok.startswith("i'")):
             tok = tok[:1].upper() + tok[1:]
         if prev is None or tok in self.no_space_before or prev in self.no_space_after:

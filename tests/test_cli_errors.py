@@ -98,3 +98,51 @@ def test_train_on_missing_data_file(tmp_path: Path) -> None:
 def test_run_usage_errors(default_onnx: Path, args: list[str], words: list[str]) -> None:
     result = runner.invoke(run_cli.app, ["--model", str(default_onnx), *args])
     assert_clean_error(result, 2, *words)
+
+
+def test_out_that_is_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me")
+    result = runner.invoke(train_cli.app, ["--out", str(blocker)])
+    assert_clean_error(result, 1, "blocker")
+    assert blocker.read_text() == "keep me"
+
+
+def test_resume_of_a_finished_run_changes_nothing(model_copy: Path) -> None:
+    before = snapshot(model_copy)
+    result = runner.invoke(train_cli.app, ["--out", str(model_copy), "--resume"])
+    assert_clean_error(result, 2, "already reached its limit")
+    assert snapshot(model_copy) == before
+
+
+def test_run_on_onnx_from_another_tool(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])
+    foreign = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+    onnx.save(foreign, tmp_path / "foreign.onnx")  # onnx's default IR version, newer than onnxruntime reads
+    result = runner.invoke(run_cli.app, ["--model", str(tmp_path / "foreign.onnx"), "--seed", "good"])
+    assert_clean_error(result, 1, "no rnnx metadata")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["rnn-train", "--hidden", "abc"], ["rnn-export", "--opset", "x"], ["rnn-run"], ["rnn-run", "--bogus", "1"]],
+    ids=["not-an-int", "opset-text", "missing-seed", "unknown-option"],
+)
+def test_option_parse_errors_are_one_line_too(tmp_path: Path, command: list[str]) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / command[0]), *command[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -71,3 +71,10 @@ def test_malformed_word_dict_refused(change: dict) -> None:
     data = {**WordTokenizer.build("a b").to_dict(), **change}
     with pytest.raises(ModelFileError):
         tokenizer_from_dict(data)
+
+
+def test_word_after_an_unknown_seed_word_is_spaced_and_not_capitalised() -> None:
+    tokenizer = WordTokenizer.build("the cat sat. the dog ran.")
+    unknown, cat = tokenizer.encode("zebra cat")
+    assert unknown == UNK_ID
+    assert tokenizer.piece(unknown, cat) == " cat"

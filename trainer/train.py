@@ -75,6 +75,11 @@ class TrainConfig:
     rng_seed: int = 0
 
     def __post_init__(self) -> None:
+        numbers = (self.minutes, self.lr, self.weight_decay, self.clip, self.min_lr, self.eval_seconds)
+        if not all(math.isfinite(x) for x in numbers):
+            raise UsageError("minutes, lr, weight decay, clip, min-lr and eval-seconds must be finite numbers")
+        if self.rng_seed < 0:
+            raise UsageError(f"the random seed must be 0 or more, got {self.rng_seed}")
         if self.epochs < 1 or self.batch_size < 1 or self.seq_len < 1:
             raise UsageError("epochs, batch size and sequence length must be positive")
         if min(self.steps, self.minutes, self.warmup, self.eval_every, self.checkpoint_every, self.patience) < 0:
@@ -462,6 +467,11 @@ def resume(out: Path, limits: dict[str, Any], progress: bool = True) -> TrainRes
     setup = prepare(config, device, tokenizer)
     if setup.data_sha256 != meta.get("data_sha256"):
         raise RnnxError(f"{config.data} changed since the checkpoint was written: resume with the same data")
+    if fraction_done(config, state, setup.batches.steps_per_epoch) >= 1:
+        raise UsageError(
+            f"the run in {out} already reached its limit (step {state.step}, epoch {state.epoch}): "
+            "give a larger --epochs, --steps or --minutes to train on"
+        )
     model = RNNLM(model_config).to(device)
     optimizer = make_optimizer(model, config)
     carry = _restore(model, optimizer, tensors, meta)
