@@ -141,6 +141,8 @@ class Model:
     def new_tokens_for_length(self, prompt: str, length: int) -> int:
         """How many tokens to generate so the whole text, prompt included, is `length` tokens long."""
         prompt_len = len(self.tokenizer.encode(prompt))
+        if not prompt_len:
+            raise UsageError("the seed text is empty: give at least one token to start from")
         if length < prompt_len:
             raise UsageError(f"length {length} is shorter than the seed text ({prompt_len} tokens)")
         return length - prompt_len

@@ -34,11 +34,18 @@ TRAIN_STATE_FORMAT = "rnnx-train-state"
 _HEADER_KEY = "rnnx"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that readers see either the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private; a model file is an ordinary file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
