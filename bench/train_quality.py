@@ -5,7 +5,8 @@
 Both train the `--preset` model on the first 90% of `--data` for `--minutes` of wall-clock time each, one
 after the other in this process, with the same batches (contiguous truncated-BPTT streams), optimizer
 (AdamW), warm-up + cosine schedule over the time budget, clipping and regularisation. rnnx also validates
-every few seconds and keeps its best model; the plain loop keeps its last weights. Both are then scored on
+every few seconds and keeps its best model; the plain loop keeps its last weights (with the preset's `ema`,
+both keep the same moving average of the weights). Both are then scored on
 the last 10% by two protocols (see rnnx.trainer.evaluate):
   stateful - the whole validation text read in order, one stream, state carried (how the model is used);
   windowed - independent 256-character windows from a zero state (how the transformer baseline is measured).
@@ -45,14 +46,19 @@ class PlainLM(nn.Module):
         self.rnn = nn.LSTM(m.embed, m.hidden, m.layers, batch_first=True, dropout=m.dropout if m.layers > 1 else 0)
         self.head = nn.Linear(m.hidden, m.vocab_size)
 
+    def locked(self, x):  # one dropout mask per sequence, shared over time: (B, 1, F)
+        if not (self.training and self.m.dropout):
+            return x
+        return x * x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - self.m.dropout) / (1 - self.m.dropout)
+
     def forward(self, x, hc):
-        e = nn.functional.dropout(self.embedding(x), self.m.dropout, self.training)
+        e = self.locked(self.embedding(x))
         params = dict(self.rnn.named_parameters())
         if self.training and self.m.weight_drop:
             for k in range(self.m.layers):
                 params[f"weight_hh_l{k}"] = nn.functional.dropout(params[f"weight_hh_l{k}"], self.m.weight_drop)
         out, hc = functional_call(self.rnn, params, (e, hc))
-        return self.head(nn.functional.dropout(out, self.m.dropout, self.training)), hc
+        return self.head(self.locked(out)), hc
 
 
 def plain_loop(m: ModelConfig, c: TrainConfig, train_ids: torch.Tensor, seconds: float) -> tuple[PlainLM, dict]:
@@ -63,6 +69,7 @@ def plain_loop(m: ModelConfig, c: TrainConfig, train_ids: torch.Tensor, seconds:
     opt = torch.optim.AdamW(
         [{"params": matrices, "weight_decay": c.weight_decay}, {"params": vectors, "weight_decay": 0.0}], lr=c.lr
     )
+    average = [p.detach().clone() for p in model.parameters()]  # --ema: the weights scored at the end
     B, T = c.batch_size, c.seq_len
     bf16 = use_bf16(c.precision, torch.device("cpu"))
     gen = torch.Generator().manual_seed(c.rng_seed)
@@ -89,9 +96,17 @@ def plain_loop(m: ModelConfig, c: TrainConfig, train_ids: torch.Tensor, seconds:
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), c.clip)
             opt.step()
+            if c.ema:
+                with torch.no_grad():
+                    for a, p in zip(average, model.parameters()):
+                        a.lerp_(p, 1 - min(c.ema, (1 + step) / (10 + step)))
             hc = tuple(h.detach().float() for h in hc)
             step, tokens = step + 1, tokens + B * T
             train_time += time.monotonic() - t0
+    if c.ema:
+        with torch.no_grad():
+            for a, p in zip(average, model.parameters()):
+                p.copy_(a)
     return model, {"steps": step, "tokens": tokens, "tokens_per_second": tokens / train_time}
 
 

@@ -45,6 +45,9 @@ def main(
     seq_len: Annotated[int | None, typer.Option(help="Tokens per sequence (truncated BPTT length).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay on weight matrices.")] = None,
+    ema: Annotated[
+        float | None, typer.Option(help="Validate and keep a moving average of the weights with this decay (0: off).")
+    ] = None,
     clip: Annotated[float | None, typer.Option(help="Maximum gradient norm (0: off).")] = None,
     schedule: Annotated[str | None, typer.Option(help="constant or cosine (warm-up, then cosine decay).")] = None,
     warmup: Annotated[int | None, typer.Option(help="Warm-up steps.")] = None,

@@ -31,7 +31,7 @@ class ModelConfig:
     embed: int = 16  # embedding width; 0 feeds one-hot vectors instead (the classic tutorial's input)
     hidden: int = 32
     layers: int = 1
-    dropout: float = 0.0  # on the embeddings, between stacked layers, and before the output layer
+    dropout: float = 0.0  # on the embeddings and before the output layer (one mask per sequence), between layers
     embed_dropout: float = 0.0  # training only: drops whole vocabulary rows, so a token vanishes from a batch
     weight_drop: float = 0.0  # training only: DropConnect on the recurrent weights W_hh (AWD-LSTM)
     tie: bool = False  # the output layer reuses the embedding matrix; needs embed == hidden
@@ -65,7 +65,6 @@ class RNNLM(nn.Module):
             dropout=config.dropout if config.layers > 1 else 0.0,
             batch_first=True,
         )
-        self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden, config.vocab_size)
         if config.tie:
             self.head.weight = self.embedding.weight  # type: ignore[union-attr]
@@ -83,7 +82,19 @@ class RNNLM(nn.Module):
         if self.training and p > 0:
             keep = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p) / (1 - p)  # (V, 1)
             weight = weight * keep
-        return self.drop(nn.functional.embedding(tokens, weight))
+        return self.locked_dropout(nn.functional.embedding(tokens, weight))
+
+    def locked_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout with one mask per sequence, shared by all time steps of x (B, T, F): variational dropout.
+
+        Recurrent nets regularise better when a dropped unit stays dropped along the sequence (AWD-LSTM), and
+        a (B, 1, F) mask is T times cheaper to draw than a full one (bernoulli_ was 20% of a CPU step).
+        """
+        p = self.config.dropout
+        if not (self.training and p > 0):
+            return x
+        mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - p).div_(1 - p)  # (B, 1, F)
+        return x * mask
 
     def recur(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         hx = state if self.config.cell == "lstm" else state[0]
@@ -103,5 +114,5 @@ class RNNLM(nn.Module):
         """tokens (B, T) int64 -> logits (B, T, V) and the state after the last step."""
         x = self.embed(tokens)  # (B, T, E)
         out, new = self.recur(x, state)  # out: (B, T, H)
-        logits = self.head(self.drop(out))  # (B, T, V)
+        logits = self.head(self.locked_dropout(out))  # (B, T, V)
         return logits, new

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from rnnx.runtime.errors import ModelFileError, RnnxError, UsageError
 from rnnx.runtime.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
+from rnnx.trainer.averaging import WeightAverage
 from rnnx.trainer.checkpoint import load_train_state, plain_tensors, save_model, save_train_state
 from rnnx.trainer.data import (
     DEFAULT_LINES,
@@ -62,6 +63,7 @@ class TrainConfig:
     seq_len: int = 100  # tokens per stream per step (truncated BPTT length)
     lr: float = 0.01
     weight_decay: float = 0.0  # AdamW's, on weight matrices only
+    ema: float = 0.0  # decay of the weight average that validation scores and the model holds; 0 is off
     clip: float = 0.0  # maximum gradient norm; 0 is off
     schedule: str = "constant"  # cosine: warm-up, then cosine decay to min_lr at the end of the first limit
     warmup: int = 0  # steps of linear warm-up
@@ -75,9 +77,9 @@ class TrainConfig:
     rng_seed: int = 0
 
     def __post_init__(self) -> None:
-        numbers = (self.minutes, self.lr, self.weight_decay, self.clip, self.min_lr, self.eval_seconds)
+        numbers = (self.minutes, self.lr, self.weight_decay, self.clip, self.min_lr, self.eval_seconds, self.ema)
         if not all(math.isfinite(x) for x in numbers):
-            raise UsageError("minutes, lr, weight decay, clip, min-lr and eval-seconds must be finite numbers")
+            raise UsageError("minutes, lr, weight decay, ema, clip, min-lr and eval-seconds must be finite numbers")
         if self.rng_seed < 0:
             raise UsageError(f"the random seed must be 0 or more, got {self.rng_seed}")
         if self.epochs < 1 or self.batch_size < 1 or self.seq_len < 1:
@@ -86,6 +88,8 @@ class TrainConfig:
             raise UsageError("steps, minutes, warmup, eval-every, checkpoint-every and patience must be 0 or more")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.ema < 1:
+            raise UsageError(f"ema must be in [0, 1) (0 is off; 0.999 a typical decay), got {self.ema}")
         if self.weight_decay < 0 or self.clip < 0 or not 0 <= self.min_lr <= 1 or self.eval_seconds <= 0:
             raise UsageError("weight decay and clip must be 0 or more, min-lr in [0, 1], eval-seconds positive")
         if self.tokenizer not in TOKENIZERS:
@@ -224,8 +228,12 @@ def fraction_done(config: TrainConfig, progress: Progress, steps_per_epoch: int)
     return max(parts)
 
 
-def _train_state_tensors(model: RNNLM, optimizer: torch.optim.Optimizer, carry: tuple) -> dict[str, torch.Tensor]:
+def _train_state_tensors(
+    model: RNNLM, optimizer: torch.optim.Optimizer, carry: tuple, average: WeightAverage | None
+) -> dict[str, torch.Tensor]:
     tensors = {f"model.{k}": v for k, v in plain_tensors(model.state_dict()).items()}
+    if average is not None:
+        tensors.update(average.tensors())
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = value
@@ -238,12 +246,18 @@ def _train_state_tensors(model: RNNLM, optimizer: torch.optim.Optimizer, carry: 
 
 
 def _restore(
-    model: RNNLM, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+    model: RNNLM,
+    optimizer: torch.optim.Optimizer,
+    average: WeightAverage | None,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
 ) -> tuple:
-    """Load weights, optimizer and random state from a checkpoint; returns the carried TBPTT state."""
+    """Load weights, weight average, optimizer and random state from a checkpoint; returns the TBPTT state."""
     device = model.head.weight.device
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if average is not None:
+            average.load(tensors)
         state: dict[int, dict[str, torch.Tensor]] = {}
         for name, value in tensors.items():
             if name.startswith("optim."):
@@ -275,8 +289,11 @@ def _train_record(progress: Progress, loss: float, lr: float | None = None) -> d
 class _Run:
     """One training run from `progress` on: the loop, validation, checkpoints and reports."""
 
-    def __init__(self, model, optimizer, setup: Setup, config: TrainConfig, device, show: bool) -> None:
+    def __init__(
+        self, model, optimizer, average: WeightAverage | None, setup: Setup, config: TrainConfig, device, show: bool
+    ) -> None:
         self.model, self.optimizer, self.setup, self.config, self.device = model, optimizer, setup, config, device
+        self.average = average
         self.show = show
         self.unit = "char" if setup.tokenizer.kind == "char" else "word"
         bf16 = use_bf16(config.precision, device)
@@ -301,10 +318,19 @@ class _Run:
             "data_sha256": self.setup.data_sha256,
             "optimizer_groups": groups,
         }
-        save_train_state(self.config.out, _train_state_tensors(self.model, self.optimizer, carry), meta)
+        tensors = _train_state_tensors(self.model, self.optimizer, carry, self.average)
+        save_train_state(self.config.out, tensors, meta)
+
+    def averaged(self) -> contextlib.AbstractContextManager:
+        """The weights to score and keep: the running average with --ema, else the trained ones."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     def validate(self, progress: Progress, metrics: MetricsLog) -> bool:
         """Validate, keep the model if it is the best so far; True when early stopping says stop."""
+        with self.averaged():
+            return self._validate(progress, metrics)
+
+    def _validate(self, progress: Progress, metrics: MetricsLog) -> bool:
         val = stateful_loss(self.model, self.setup.val_ids, streams=VAL_STREAMS, chunk=256)
         record = {"event": "val", "step": progress.step, "tokens": progress.tokens, "seconds": progress.elapsed}
         record["val_loss"] = val
@@ -346,6 +372,8 @@ class _Run:
                     group["lr"] = lr
                 t0 = time.monotonic()
                 loss, carry = self._step(batches.get(progress.epoch, progress.index), carry)
+                if self.average is not None:
+                    self.average.update(progress.step)
                 progress.train_seconds += time.monotonic() - t0
                 if not math.isfinite(loss):
                     raise RnnxError("training diverged (the loss is not finite): lower --lr or set --clip")
@@ -385,9 +413,9 @@ class _Run:
                 final_loss = loss_sum / loss_count
                 metrics.write(_train_record(progress, final_loss))
             if self.setup.val_ids is None:
-                save_model(
-                    config.out, model, self.setup.tokenizer, {**self.document(progress), "final_loss": final_loss}
-                )
+                with self.averaged():
+                    extra = {**self.document(progress), "final_loss": final_loss}
+                    save_model(config.out, model, self.setup.tokenizer, extra)
             elif progress.best_step != progress.step:
                 self.validate(progress, metrics)
             self.checkpoint(progress, carry)
@@ -446,7 +474,8 @@ def train(model_config: ModelConfig, config: TrainConfig, progress: bool = True)
     setup = prepare(config, device)
     model_config = replace(model_config, vocab_size=len(setup.tokenizer.vocab))
     model = RNNLM(model_config).to(device)
-    run = _Run(model, make_optimizer(model, config), setup, config, device, progress)
+    average = WeightAverage(model, config.ema) if config.ema else None
+    run = _Run(model, make_optimizer(model, config), average, setup, config, device, progress)
     result = run.run(Progress(), None)
     log.info("trained %s: %s", model_config.cell, result.summary())
     return result
@@ -474,8 +503,9 @@ def resume(out: Path, limits: dict[str, Any], progress: bool = True) -> TrainRes
         )
     model = RNNLM(model_config).to(device)
     optimizer = make_optimizer(model, config)
-    carry = _restore(model, optimizer, tensors, meta)
+    average = WeightAverage(model, config.ema) if config.ema else None
+    carry = _restore(model, optimizer, average, tensors, meta)
     log.info("resuming at step %d (epoch %d)", state.step, state.epoch)
-    result = _Run(model, optimizer, setup, config, device, progress).run(state, carry)
+    result = _Run(model, optimizer, average, setup, config, device, progress).run(state, carry)
     log.info("trained %s: %s", model_config.cell, result.summary())
     return result
