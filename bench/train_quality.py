@@ -37,28 +37,42 @@ LN2 = math.log(2)
 
 
 class PlainLM(nn.Module):
-    """The same network written out by hand (same parameter names, so rnnx's evaluation can load it)."""
+    """The same network written out by hand: one nn.LSTM per layer, one dropout mask per sequence."""
 
     def __init__(self, m: ModelConfig) -> None:
         super().__init__()
         self.m = m
         self.embedding = nn.Embedding(m.vocab_size, m.embed)
-        self.rnn = nn.LSTM(m.embed, m.hidden, m.layers, batch_first=True, dropout=m.dropout if m.layers > 1 else 0)
+        self.layers = nn.ModuleList(
+            nn.LSTM(m.embed if k == 0 else m.hidden, m.hidden, batch_first=True) for k in range(m.layers)
+        )
         self.head = nn.Linear(m.hidden, m.vocab_size)
 
-    def locked(self, x):  # one dropout mask per sequence, shared over time: (B, 1, F)
+    def locked(self, x):  # dropout with one mask per sequence, shared over time: (B, 1, F)
         if not (self.training and self.m.dropout):
             return x
         return x * x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - self.m.dropout) / (1 - self.m.dropout)
 
-    def forward(self, x, hc):
-        e = self.locked(self.embedding(x))
-        params = dict(self.rnn.named_parameters())
-        if self.training and self.m.weight_drop:
-            for k in range(self.m.layers):
-                params[f"weight_hh_l{k}"] = nn.functional.dropout(params[f"weight_hh_l{k}"], self.m.weight_drop)
-        out, hc = functional_call(self.rnn, params, (e, hc))
-        return self.head(self.locked(out)), hc
+    def forward(self, x, states):
+        h, new = self.embedding(x), []
+        for k, layer in enumerate(self.layers):
+            h = self.locked(h)
+            params = dict(layer.named_parameters())
+            if self.training and self.m.weight_drop:
+                params["weight_hh_l0"] = nn.functional.dropout(params["weight_hh_l0"], self.m.weight_drop)
+            h, state = functional_call(layer, params, (h, states[k] if states else None))
+            new.append(state)
+        return self.head(self.locked(h)), new
+
+    def rnnx_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights under rnnx's names (`rnn.weight_ih_l1`, ...), so rnnx's evaluation can score them."""
+        out = {}
+        for name, value in self.state_dict().items():
+            if name.startswith("layers."):
+                _, k, param = name.split(".")
+                name = "rnn." + param.replace("_l0", f"_l{k}")
+            out[name] = value
+        return out
 
 
 def plain_loop(m: ModelConfig, c: TrainConfig, train_ids: torch.Tensor, seconds: float) -> tuple[PlainLM, dict]:
@@ -100,7 +114,7 @@ def plain_loop(m: ModelConfig, c: TrainConfig, train_ids: torch.Tensor, seconds:
                 with torch.no_grad():
                     for a, p in zip(average, model.parameters()):
                         a.lerp_(p, 1 - min(c.ema, (1 + step) / (10 + step)))
-            hc = tuple(h.detach().float() for h in hc)
+            hc = [tuple(s.detach().float() for s in layer) for layer in hc]
             step, tokens = step + 1, tokens + B * T
             train_time += time.monotonic() - t0
     if c.ema:
@@ -152,7 +166,7 @@ def main() -> None:
     if not args.skip_plain:
         plain, stats = plain_loop(m, c, train_ids, args.minutes * 60)
         as_rnnx = RNNLM(m)
-        as_rnnx.load_state_dict(plain.state_dict())
+        as_rnnx.load_state_dict(plain.rnnx_state_dict())
         rows.append(
             (
                 "plain PyTorch loop (last)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -123,3 +124,12 @@ def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
 def test_tie_needs_equal_sizes(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--tie", "--embed", "8", "--hidden", "16", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--embed equal to --hidden" in one_error_line(result)
+
+
+def test_data_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    missing = runner.invoke(app, ["--data", str(tmp_path / "nope.txt"), "--out", str(out)])
+    assert missing.exit_code == 1 and "not found" in one_error_line(missing)
+    device = runner.invoke(app, ["--data", os.devnull, "--out", str(out)])
+    assert device.exit_code == 1 and "not a regular file" in one_error_line(device)
+    assert not out.exists()

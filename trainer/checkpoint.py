@@ -125,6 +125,13 @@ def save_train_state(directory: Path, tensors: dict[str, torch.Tensor], meta: di
     write_atomic(directory / TRAIN_STATE, save_safetensors(cpu, metadata={_HEADER_KEY: header}))
 
 
+def describe_error(exc: BaseException) -> str:
+    """`KeyError: 'progress'`: the exception's type and the first line of its message, kept short."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def load_train_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors and JSON of `directory/checkpoint.safetensors`, or a ModelFileError saying what is wrong."""
     path = directory / TRAIN_STATE
@@ -137,7 +144,7 @@ def load_train_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str
         meta = json.loads(header["__metadata__"][_HEADER_KEY])
         tensors = load_safetensors(raw)
     except (struct.error, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, SafetensorError) as exc:
-        raise ModelFileError(f"checkpoint {path} is corrupt ({type(exc).__name__}): start a fresh run") from None
+        raise ModelFileError(f"checkpoint {path} is corrupt ({describe_error(exc)}): start a fresh run") from None
     if not isinstance(meta, dict) or meta.get("format") != TRAIN_STATE_FORMAT:
         raise ModelFileError(f"{path} is not an rnnx training checkpoint: start a fresh run")
     return tensors, meta

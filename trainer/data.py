@@ -21,8 +21,10 @@ EXPLODE_MIN_TYPES, EXPLODE_TYPE_RATIO = 1000, 0.5
 
 def read_text(path: Path) -> str:
     """A UTF-8 text file's contents, or an error saying why it cannot be trained on."""
-    if not path.is_file():
+    if not path.exists():
         raise RnnxError(f"data file {path} not found: pass --data with a UTF-8 text file")
+    if not path.is_file():
+        raise RnnxError(f"{path} is not a regular file (a device, pipe or socket): pass a UTF-8 text file")
     raw = path.read_bytes()
     if b"\x00" in raw:
         raise RnnxError(f"{path} looks binary (it holds NUL bytes): pass a UTF-8 text file")

@@ -31,7 +31,7 @@ class ModelConfig:
     embed: int = 16  # embedding width; 0 feeds one-hot vectors instead (the classic tutorial's input)
     hidden: int = 32
     layers: int = 1
-    dropout: float = 0.0  # on the embeddings and before the output layer (one mask per sequence), between layers
+    dropout: float = 0.0  # on the embeddings, between layers and before the output layer; one mask per sequence
     embed_dropout: float = 0.0  # training only: drops whole vocabulary rows, so a token vanishes from a batch
     weight_drop: float = 0.0  # training only: DropConnect on the recurrent weights W_hh (AWD-LSTM)
     tie: bool = False  # the output layer reuses the embedding matrix; needs embed == hidden
@@ -58,12 +58,12 @@ class RNNLM(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embed) if config.embed else None
-        self.rnn = _CELL_MODULES[config.cell](
-            config.input_size,
-            config.hidden,
-            num_layers=config.layers,
-            dropout=config.dropout if config.layers > 1 else 0.0,
-            batch_first=True,
+        cell = _CELL_MODULES[config.cell]
+        self.rnn = cell(config.input_size, config.hidden, num_layers=config.layers, batch_first=True)
+        # Training with dropout between layers or on W_hh runs the layers one at a time through these weightless
+        # one-layer shapes (the weights come from self.rnn by functional_call); inference runs self.rnn whole.
+        self._one_layer = tuple(
+            cell(size, config.hidden, batch_first=True, device="meta") for size in (config.input_size, config.hidden)
         )
         self.head = nn.Linear(config.hidden, config.vocab_size)
         if config.tie:
@@ -97,18 +97,30 @@ class RNNLM(nn.Module):
         return x * mask
 
     def recur(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        hx = state if self.config.cell == "lstm" else state[0]
-        p = self.config.weight_drop
-        if not (self.training and p > 0):
-            out, new = self.rnn(x, hx)
-        else:
-            params = dict(self.rnn.named_parameters())
-            for k in range(self.config.layers):
-                params[f"weight_hh_l{k}"] = nn.functional.dropout(params[f"weight_hh_l{k}"], p)
+        """x (B, T, input) and the state (layers, B, H) each -> the last layer's outputs (B, T, H), new state."""
+        config = self.config
+        between = config.dropout > 0 and config.layers > 1
+        if not (self.training and (between or config.weight_drop > 0)):
+            out, new = self.rnn(x, state if config.cell == "lstm" else state[0])
+            return out, (new if isinstance(new, tuple) else (new,))
+        params = dict(self.rnn.named_parameters())
+        layer_states = []
+        for k in range(config.layers):
+            if k:
+                x = self.locked_dropout(x)  # between layers: one mask per sequence, as on the input and output
+            weights = {
+                f"{name}_l0": params[f"{name}_l{k}"] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            }
+            if config.weight_drop > 0:
+                weights["weight_hh_l0"] = nn.functional.dropout(weights["weight_hh_l0"], config.weight_drop)
+            hx = tuple(s[k : k + 1] for s in state)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_NOT_CONTIGUOUS)
-                out, new = functional_call(self.rnn, params, (x, hx))
-        return out, (new if isinstance(new, tuple) else (new,))
+                x, new = functional_call(
+                    self._one_layer[min(k, 1)], weights, (x, hx if config.cell == "lstm" else hx[0])
+                )
+            layer_states.append(new if isinstance(new, tuple) else (new,))
+        return x, tuple(torch.cat(parts) for parts in zip(*layer_states))
 
     def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tokens (B, T) int64 -> logits (B, T, V) and the state after the last step."""

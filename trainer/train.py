@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rnnx.runtime.errors import ModelFileError, RnnxError, UsageError
 from rnnx.runtime.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
 from rnnx.trainer.averaging import WeightAverage
-from rnnx.trainer.checkpoint import load_train_state, plain_tensors, save_model, save_train_state
+from rnnx.trainer.checkpoint import describe_error, load_train_state, plain_tensors, save_model, save_train_state
 from rnnx.trainer.data import (
     DEFAULT_LINES,
     TOKENIZERS,
@@ -268,8 +268,9 @@ def _restore(
         if "rng.cuda" in tensors and device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"the checkpoint does not fit its own settings ({first}): start a fresh run") from None
+        raise ModelFileError(
+            f"the checkpoint does not fit its own settings ({describe_error(exc)}): start a fresh run"
+        ) from None
     count = sum(1 for k in tensors if k.startswith("carry."))
     return tuple(tensors[f"carry.{i}"].to(device) for i in range(count))
 
@@ -490,7 +491,7 @@ def resume(out: Path, limits: dict[str, Any], progress: bool = True) -> TrainRes
         tokenizer = tokenizer_from_dict(meta["tokenizer"])
         state = Progress(**meta["progress"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"checkpoint in {out} is corrupt ({type(exc).__name__}): start a fresh run") from None
+        raise ModelFileError(f"checkpoint in {out} is corrupt ({describe_error(exc)}): start a fresh run") from None
     config = replace(saved, **{k: v for k, v in limits.items() if k in LIMIT_FIELDS and v is not None})
     device = resolve_device(config.device)
     setup = prepare(config, device, tokenizer)
