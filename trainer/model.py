@@ -1,7 +1,8 @@
 """The recurrent language model: token ids in, raw logits and the new state out.
 
-Regularisers that only act while training (embedding dropout, DropConnect on the recurrent weights) leave the
-module layout and the saved weights exactly as a plain model's, so export and inference never see them.
+Regularisers that only act while training (dropout with one mask per sequence, embedding dropout, DropConnect on
+the recurrent weights, for which training runs the layers one at a time) leave the module layout and the saved
+weights exactly as a plain model's, so export and inference never see them.
 """
 
 from __future__ import annotations
