@@ -1,0 +1,109 @@
+"""Training settings (`TrainConfig`, one frozen dataclass with a comment on each non-obvious default) and the
+summary a finished run returns (`TrainResult`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from rnnx.runtime.errors import UsageError
+from rnnx.trainer.data import TOKENIZERS
+from rnnx.trainer.evaluate import describe_loss
+
+DEFAULT_OUT = Path("artifacts/default")
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
+LIMIT_FIELDS = ("epochs", "steps", "minutes", "device", "precision")  # what a resumed run may change
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Path | None = None  # a text file or a folder of .txt files; None trains on the built-in three sentences
+    out: Path = DEFAULT_OUT
+    tokenizer: str = "char"  # char or word
+    max_vocab: int = 0  # word tokenizer: keep at most this many entries, <unk> included (0: no cap)
+    min_freq: int = 1  # word tokenizer: rarer words become <unk>
+    epochs: int = 200  # limits: whichever of epochs, steps and minutes comes first ends the run
+    steps: int = 0  # 0: no step limit
+    minutes: float = 0.0  # 0: no time limit; counts the whole run, resumed parts included
+    batch_size: int = 64
+    seq_len: int = 100  # tokens per stream per step (truncated BPTT length)
+    lr: float = 0.01
+    weight_decay: float = 0.0  # AdamW's, on weight matrices only
+    ema: float = 0.0  # decay of the weight average that validation scores and the model holds; 0 is off
+    clip: float = 0.0  # maximum gradient norm; 0 is off
+    schedule: str = "constant"  # cosine: warm-up, then cosine decay to min_lr at the end of the first limit
+    warmup: int = 0  # steps of linear warm-up
+    min_lr: float = 0.0  # the cosine schedule's last learning rate, as a fraction of lr
+    eval_every: int = 0  # validate every this many steps; 0: at each epoch's end
+    eval_seconds: float = 60.0  # ...and at least this often (on a GPU epochs end in seconds)
+    patience: int = 0  # stop after this many validations without a new best; 0: never stop early
+    checkpoint_every: int = 0  # write checkpoint.safetensors every this many steps; 0: at each validation
+    device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
+    precision: str = "fp32"  # auto: bf16 autocast where the hardware is fast at it (CUDA, CPUs with AMX)
+    rng_seed: int = 0
+
+    def __post_init__(self) -> None:
+        numbers = (self.minutes, self.lr, self.weight_decay, self.clip, self.min_lr, self.eval_seconds, self.ema)
+        if not all(math.isfinite(x) for x in numbers):
+            raise UsageError("minutes, lr, weight decay, ema, clip, min-lr and eval-seconds must be finite numbers")
+        if self.rng_seed < 0:
+            raise UsageError(f"the random seed must be 0 or more, got {self.rng_seed}")
+        if self.epochs < 1 or self.batch_size < 1 or self.seq_len < 1:
+            raise UsageError("epochs, batch size and sequence length must be positive")
+        if min(self.steps, self.minutes, self.warmup, self.eval_every, self.checkpoint_every, self.patience) < 0:
+            raise UsageError("steps, minutes, warmup, eval-every, checkpoint-every and patience must be 0 or more")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.ema < 1:
+            raise UsageError(f"ema must be in [0, 1) (0 is off; 0.999 a typical decay), got {self.ema}")
+        if self.weight_decay < 0 or self.clip < 0 or not 0 <= self.min_lr <= 1 or self.eval_seconds <= 0:
+            raise UsageError("weight decay and clip must be 0 or more, min-lr in [0, 1], eval-seconds positive")
+        if self.tokenizer not in TOKENIZERS:
+            raise UsageError(f"unknown tokenizer {self.tokenizer!r}: choose one of {', '.join(TOKENIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.device not in DEVICES:
+            raise UsageError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        if self.max_vocab < 0 or self.min_freq < 1:
+            raise UsageError("max-vocab must be 0 (no cap) or more, and min-freq 1 or more")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], out: Path) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["data"] = Path(values["data"]) if values.get("data") else None
+        return cls(**{**values, "out": out})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    final_loss: float  # mean training loss over the last logged steps
+    epochs: int  # epochs started
+    seconds: float
+    steps: int = 0
+    tokens: int = 0
+    tokens_per_second: float = 0.0  # training steps only, validation and checkpoints excluded
+    best_val_loss: float | None = None  # nats/token; None without validation text (the built-in sentences)
+    best_step: int = 0
+    unit: str = "char"
+
+    def summary(self) -> str:
+        val = (
+            f"best val {describe_loss(self.best_val_loss, self.unit)} at step {self.best_step}; "
+            if (self.best_val_loss is not None)
+            else ""
+        )
+        return (
+            f"{val}train loss {self.final_loss:.4f} after {self.steps} steps ({self.epochs} epochs), "
+            f"{self.tokens / 1e6:.2f}M tokens at {self.tokens_per_second / 1000:.1f}k tokens/s in {self.seconds:.0f}s"
+        )

@@ -1,0 +1,321 @@
+"""The training loop: one `Run` goes from a `Progress` to the run's end, validating, keeping the best model and
+writing checkpoints and metrics on the way; `restore` puts a checkpoint back into a model and optimizer."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from rnnx.runtime.errors import ModelFileError, RnnxError
+from rnnx.runtime.tokenizer import Tokenizer
+from rnnx.trainer.averaging import WeightAverage
+from rnnx.trainer.checkpoint import describe_error, plain_tensors, save_model, save_train_state
+from rnnx.trainer.config import TrainConfig, TrainResult
+from rnnx.trainer.data import LineBatches, StreamBatches
+from rnnx.trainer.evaluate import stateful_loss
+from rnnx.trainer.model import RNNLM
+from rnnx.trainer.report import MetricsLog, write_loss_plot
+
+log = logging.getLogger(__name__)
+
+VAL_STREAMS = 32  # validation reads the held-out text as this many contiguous pieces side by side
+
+
+@dataclass
+class Progress:
+    """Where a run stands; exactly what a checkpoint restores."""
+
+    step: int = 0
+    epoch: int = 0
+    index: int = 0  # next batch within the epoch
+    tokens: int = 0
+    elapsed: float = 0.0  # seconds of the run so far, across resumes
+    train_seconds: float = 0.0  # seconds spent in training steps
+    best_val: float | None = None
+    best_step: int = 0
+    evals_since_best: int = 0
+
+
+@dataclass
+class Setup:
+    tokenizer: Tokenizer
+    batches: LineBatches | StreamBatches
+    val_ids: torch.Tensor | None
+    data_sha256: str
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to train under bf16 autocast (weights, optimizer and validation stay fp32)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # oneDNN runs bf16 LSTMs ~2.6x faster on AMX
+    return bool(amx and amx())
+
+
+def learning_rate(config: TrainConfig, step: int, fraction_done: float) -> float:
+    """Linear warm-up over `warmup` steps, then constant or cosine decay to `min_lr * lr` at the run's end."""
+    warm = min(1.0, (step + 1) / config.warmup) if config.warmup else 1.0
+    if config.schedule == "constant":
+        return config.lr * warm
+    cosine = 0.5 * (1 + math.cos(math.pi * min(max(fraction_done, 0.0), 1.0)))
+    return config.lr * warm * (config.min_lr + (1 - config.min_lr) * cosine)
+
+
+def fraction_done(config: TrainConfig, progress: Progress, steps_per_epoch: int) -> float:
+    """How far the run is towards whichever limit it reaches first (0 to 1)."""
+    parts = [progress.step / (config.epochs * steps_per_epoch)]
+    if config.steps:
+        parts.append(progress.step / config.steps)
+    if config.minutes:
+        parts.append(progress.elapsed / (config.minutes * 60))
+    return max(parts)
+
+
+def _train_state_tensors(
+    model: RNNLM, optimizer: torch.optim.Optimizer, carry: tuple, average: WeightAverage | None
+) -> dict[str, torch.Tensor]:
+    tensors = {f"model.{k}": v for k, v in plain_tensors(model.state_dict()).items()}
+    if average is not None:
+        tensors.update(average.tensors())
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = value
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and model.head.weight.is_cuda:
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    for i, s in enumerate(carry):
+        tensors[f"carry.{i}"] = s.float()
+    return tensors
+
+
+def restore(
+    model: RNNLM,
+    optimizer: torch.optim.Optimizer,
+    average: WeightAverage | None,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+) -> tuple:
+    """Load weights, weight average, optimizer and random state from a checkpoint; returns the TBPTT state."""
+    device = model.head.weight.device
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if average is not None:
+            average.load(tensors)
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in tensors.items():
+            if name.startswith("optim."):
+                _, index, key = name.split(".", 2)
+                state.setdefault(int(index), {})[key] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_groups"]})
+        torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(
+            f"the checkpoint does not fit its own settings ({describe_error(exc)}): start a fresh run"
+        ) from None
+    count = sum(1 for k in tensors if k.startswith("carry."))
+    return tuple(tensors[f"carry.{i}"].to(device) for i in range(count))
+
+
+def _train_record(progress: Progress, loss: float, lr: float | None = None) -> dict[str, Any]:
+    """One `train` line of metrics.jsonl: where the run is and its mean loss since the last line."""
+    record = {
+        "event": "train",
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "tokens": progress.tokens,
+        "seconds": progress.elapsed,
+    }
+    return {**record, "lr": lr, "loss": loss} if lr is not None else {**record, "loss": loss}
+
+
+class Run:
+    """One training run from `progress` on: the loop, validation, checkpoints and reports."""
+
+    def __init__(
+        self, model, optimizer, average: WeightAverage | None, setup: Setup, config: TrainConfig, device, show: bool
+    ) -> None:
+        self.model, self.optimizer, self.setup, self.config, self.device = model, optimizer, setup, config, device
+        self.average = average
+        self.show = show
+        self.unit = "char" if setup.tokenizer.kind == "char" else "word"
+        bf16 = use_bf16(config.precision, device)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def document(self, progress: Progress) -> dict[str, Any]:
+        return {
+            "training": self.config.to_json(),
+            "data_sha256": self.setup.data_sha256,
+            "step": progress.step,
+            "val_loss": progress.best_val,
+            "val_protocol": f"stateful, {VAL_STREAMS} streams" if progress.best_val is not None else None,
+        }
+
+    def checkpoint(self, progress: Progress, carry: tuple) -> None:
+        groups = [dict(g) for g in self.optimizer.state_dict()["param_groups"]]
+        meta = {
+            "progress": asdict(progress),
+            "model": asdict(self.model.config),
+            "training": self.config.to_json(),
+            "tokenizer": self.setup.tokenizer.to_dict(),
+            "data_sha256": self.setup.data_sha256,
+            "optimizer_groups": groups,
+        }
+        tensors = _train_state_tensors(self.model, self.optimizer, carry, self.average)
+        save_train_state(self.config.out, tensors, meta)
+
+    def averaged(self) -> contextlib.AbstractContextManager:
+        """The weights to score and keep: the running average with --ema, else the trained ones."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
+
+    def validate(self, progress: Progress, metrics: MetricsLog) -> bool:
+        """Validate, keep the model if it is the best so far; True when early stopping says stop."""
+        with self.averaged():
+            return self._validate(progress, metrics)
+
+    def _validate(self, progress: Progress, metrics: MetricsLog) -> bool:
+        val = stateful_loss(self.model, self.setup.val_ids, streams=VAL_STREAMS, chunk=256)
+        record = {"event": "val", "step": progress.step, "tokens": progress.tokens, "seconds": progress.elapsed}
+        record["val_loss"] = val
+        record["val_bpc" if self.unit == "char" else "val_ppl"] = (
+            val / math.log(2) if self.unit == "char" else math.exp(min(val, 50))
+        )
+        metrics.write(record)
+        if progress.best_val is None or val < progress.best_val:
+            progress.best_val, progress.best_step, progress.evals_since_best = val, progress.step, 0
+            save_model(self.config.out, self.model, self.setup.tokenizer, self.document(progress))
+        else:
+            progress.evals_since_best += 1
+        return bool(self.config.patience) and progress.evals_since_best >= self.config.patience
+
+    def run(self, progress: Progress, carry: tuple | None) -> TrainResult:
+        config, model, batches = self.config, self.model, self.setup.batches
+        config.out.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsLog(config.out, progress.step if carry is not None else None)
+        carry = carry if carry else model.init_state(config.batch_size)
+        bar = tqdm(
+            total=1000,
+            desc="training",
+            disable=None if self.show else True,
+            leave=False,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+        )
+        start = time.monotonic() - progress.elapsed
+        last_eval = last_log = time.monotonic()
+        log_step, loss_sum, loss_count, val_text = progress.step, 0.0, 0, "-"
+        final_loss = float("nan")
+        model.train()
+        try:
+            while True:
+                done = fraction_done(config, progress, batches.steps_per_epoch)
+                if done >= 1:
+                    break
+                lr = learning_rate(config, progress.step, done)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                t0 = time.monotonic()
+                loss, carry = self._step(batches.get(progress.epoch, progress.index), carry)
+                if self.average is not None:
+                    self.average.update(progress.step)
+                progress.train_seconds += time.monotonic() - t0
+                if not math.isfinite(loss):
+                    raise RnnxError("training diverged (the loss is not finite): lower --lr or set --clip")
+                loss_sum, loss_count = loss_sum + loss, loss_count + 1
+                progress.step += 1
+                progress.tokens += batches.tokens_per_step
+                progress.index += 1
+                epoch_end = progress.index == batches.steps_per_epoch
+                if epoch_end:
+                    progress.epoch, progress.index = progress.epoch + 1, 0
+                now = time.monotonic()
+                progress.elapsed = now - start
+                if progress.step - log_step >= 10 and now - last_log >= 0.2 or epoch_end and loss_count:
+                    final_loss = loss_sum / loss_count
+                    metrics.write(_train_record(progress, final_loss, lr))
+                    log_step, last_log, loss_sum, loss_count = progress.step, now, 0.0, 0
+                stop = False
+                due = (
+                    config.eval_every
+                    and progress.step % config.eval_every == 0
+                    or (not config.eval_every and epoch_end)
+                    or now - last_eval >= config.eval_seconds
+                )
+                if self.setup.val_ids is not None and due:
+                    stop = self.validate(progress, metrics)
+                    val_text = f"{progress.best_val:.4f}"
+                    last_eval = time.monotonic()
+                    if not config.checkpoint_every:
+                        self.checkpoint(progress, carry)
+                if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
+                    self.checkpoint(progress, carry)
+                self._show(bar, progress, final_loss, val_text)
+                if stop:
+                    log.info("no better validation loss for %d evaluations: stopping early", config.patience)
+                    break
+            if loss_count:
+                final_loss = loss_sum / loss_count
+                metrics.write(_train_record(progress, final_loss))
+            if self.setup.val_ids is None:
+                with self.averaged():
+                    extra = {**self.document(progress), "final_loss": final_loss}
+                    save_model(config.out, model, self.setup.tokenizer, extra)
+            elif progress.best_step != progress.step:
+                self.validate(progress, metrics)
+            self.checkpoint(progress, carry)
+        except KeyboardInterrupt:
+            self.checkpoint(progress, carry)  # Ctrl-C loses nothing: --resume continues from here
+            raise
+        finally:
+            bar.close()
+            metrics.close()
+            write_loss_plot(config.out, self.unit)
+        return TrainResult(
+            out=config.out,
+            final_loss=final_loss,
+            epochs=progress.epoch + (progress.index > 0),
+            seconds=progress.elapsed,
+            steps=progress.step,
+            tokens=progress.tokens,
+            tokens_per_second=progress.tokens / max(progress.train_seconds, 1e-9),
+            best_val_loss=progress.best_val,
+            best_step=progress.best_step,
+            unit=self.unit,
+        )
+
+    def _step(self, batch, carry: tuple) -> tuple[float, tuple]:
+        model = self.model
+        if not batch.stateful:
+            carry = model.init_state(batch.inputs.size(0))
+        with self.autocast:
+            logits, new = model(batch.inputs, carry)  # (B, T, V)
+        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip:
+            nn.utils.clip_grad_norm_(model.parameters(), self.config.clip)
+        self.optimizer.step()
+        return float(loss.detach()), tuple(s.detach().float() for s in new)
+
+    def _show(self, bar: tqdm, progress: Progress, loss: float, val: str) -> None:
+        if bar.disable:
+            return
+        done = fraction_done(self.config, progress, self.setup.batches.steps_per_epoch)
+        left = progress.elapsed / done * (1 - done) if done > 0 else 0.0
+        speed = progress.tokens / max(progress.train_seconds, 1e-9)
+        bar.n = int(1000 * min(done, 1.0))
+        bar.set_postfix_str(
+            f"loss {loss:.4f} val {val} {speed / 1000:.1f}k tok/s left {int(left // 60)}:{int(left % 60):02d}",
+            refresh=False,
+        )
+        bar.update(0)
