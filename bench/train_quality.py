@@ -103,6 +103,9 @@ def plain_loop(m: ModelConfig, c: TrainConfig, train_ids: torch.Tensor, seconds:
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = streams[:, i : i + T], streams[:, i + 1 : i + T + 1]
+            if hc is not None and c.state_reset:  # some streams start this step from a zero state
+                keep = (torch.rand(B) >= c.state_reset).float()[:, None]  # (B, 1)
+                hc = [tuple(s * keep for s in layer) for layer in hc]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits, hc = model(x, hc)
             loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))

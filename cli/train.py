@@ -43,6 +43,9 @@ def main(
     minutes: Annotated[float | None, typer.Option(help="Limit: wall-clock minutes (0: none).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Sequences per optimisation step.")] = None,
     seq_len: Annotated[int | None, typer.Option(help="Tokens per sequence (truncated BPTT length).")] = None,
+    state_reset: Annotated[
+        float | None, typer.Option(help="Chance a stream starts a step from a zero state (0: always carried).")
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay on weight matrices.")] = None,
     ema: Annotated[

@@ -31,6 +31,7 @@ class TrainConfig:
     minutes: float = 0.0  # 0: no time limit; counts the whole run, resumed parts included
     batch_size: int = 64
     seq_len: int = 100  # tokens per stream per step (truncated BPTT length)
+    state_reset: float = 0.0  # chance that a stream starts a step from a zero state, not the carried one
     lr: float = 0.01
     weight_decay: float = 0.0  # AdamW's, on weight matrices only
     ema: float = 0.0  # decay of the weight average that validation scores and the model holds; 0 is off
@@ -58,6 +59,8 @@ class TrainConfig:
             raise UsageError("steps, minutes, warmup, eval-every, checkpoint-every and patience must be 0 or more")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.state_reset <= 1:
+            raise UsageError(f"state-reset is a probability in [0, 1] (0 is off), got {self.state_reset}")
         if not 0 <= self.ema < 1:
             raise UsageError(f"ema must be in [0, 1) (0 is off; 0.999 a typical decay), got {self.ema}")
         if self.weight_decay < 0 or self.clip < 0 or not 0 <= self.min_lr <= 1 or self.eval_seconds <= 0:

@@ -81,6 +81,16 @@ def fraction_done(config: TrainConfig, progress: Progress, steps_per_epoch: int)
     return max(parts)
 
 
+def reset_streams(state: tuple[torch.Tensor, ...], chance: float) -> tuple[torch.Tensor, ...]:
+    """Zero each stream's carried state (layers, B, H) with probability `chance`, drawn from torch's CPU generator.
+
+    A model trained only on carried states rarely sees a step start cold, yet every prompt and every windowed
+    score does; resetting a few streams per step teaches both without giving up long carried context.
+    """
+    keep = (torch.rand(state[0].size(1)) >= chance).to(state[0])  # (B,)
+    return tuple(s * keep[None, :, None] for s in state)
+
+
 def _train_state_tensors(
     model: RNNLM, optimizer: torch.optim.Optimizer, carry: tuple, average: WeightAverage | None
 ) -> dict[str, torch.Tensor]:
@@ -297,6 +307,8 @@ class Run:
         model = self.model
         if not batch.stateful:
             carry = model.init_state(batch.inputs.size(0))
+        elif self.config.state_reset:
+            carry = reset_streams(carry, self.config.state_reset)
         with self.autocast:
             logits, new = model(batch.inputs, carry)  # (B, T, V)
         loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten())
