@@ -4,7 +4,7 @@
 
 Both train the `--preset` model on the first 90% of `--data` for `--minutes` of wall-clock time each, one
 after the other in this process, with the same batches (contiguous truncated-BPTT streams), optimizer
-(AdamW), warm-up + cosine schedule over the time budget, clipping and regularisation. rnnx also validates
+(AdamW), warm-up + cosine schedule over the time budget, clipping, regularisation and stream resets. rnnx also validates
 as its preset says (every 500 steps or 60 s) and keeps its best model; the plain loop keeps its last weights
 (with a preset's `ema`, both keep the same moving average). Both are then scored on the last 10% by two
 protocols (see rnnx.trainer.evaluate):
@@ -157,7 +157,8 @@ def main() -> None:
     print(f"model: {m}; bf16 autocast: {use_bf16(c.precision, torch.device('cpu'))}")
     print(
         f"training: batch {c.batch_size} x seq {c.seq_len}, AdamW lr {c.lr} wd {c.weight_decay}, "
-        f"warm-up {c.warmup} + cosine to {c.min_lr}x, clip {c.clip}; {args.minutes} min each"
+        f"warm-up {c.warmup} + cosine to {c.min_lr}x, clip {c.clip}, state reset {c.state_reset}; "
+        f"{args.minutes} min each"
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -116,9 +116,17 @@ def test_resume_without_or_with_corrupt_checkpoint(tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == [TRAIN_STATE]
 
 
-def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["--out", str(tmp_path), "--resume", "--hidden", "64"])
-    assert result.exit_code == 2 and "--hidden" in one_error_line(result)
+@pytest.mark.parametrize("flag", [["--hidden", "64"], ["--state-reset", "0.1"]])
+def test_resume_refuses_changed_settings(tmp_path: Path, flag: list[str]) -> None:
+    result = runner.invoke(app, ["--out", str(tmp_path), "--resume", *flag])
+    assert result.exit_code == 2 and flag[0] in one_error_line(result)
+
+
+def test_bad_state_reset_one_line_nothing_written(tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    result = runner.invoke(app, ["--data", str(story(tmp_path / "s.txt")), "--state-reset", "1.5", "--out", str(out)])
+    assert result.exit_code == 2 and "state-reset" in one_error_line(result)
+    assert not out.exists()
 
 
 def test_tie_needs_equal_sizes(tmp_path: Path) -> None:

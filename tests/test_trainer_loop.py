@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import rnnx.trainer.loop
 from rnnx.runtime.errors import UsageError
-from rnnx.trainer.checkpoint import load_train_state
 from rnnx.trainer.loop import reset_streams
-from rnnx.trainer.model import ModelConfig
+from rnnx.trainer.model import RNNLM, ModelConfig
 from rnnx.trainer.train import TrainConfig, train
 
 
@@ -35,21 +35,42 @@ def test_reset_streams_at_the_ends_of_the_range() -> None:
     state = _state(64)
     assert all(torch.equal(a, b) for a, b in zip(reset_streams(state, 0.0), state))
     assert all(torch.count_nonzero(s) == 0 for s in reset_streams(state, 1.0))
+    nan = (torch.full((1, 2, 3), float("nan")),)
+    assert torch.count_nonzero(reset_streams(nan, 1.0)[0]) == 0  # a reset stream is zero whatever it held
 
 
-def test_state_reset_reaches_training(tmp_path: Path) -> None:
+def _states_seen(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state_reset: float) -> list[float]:
+    """Train 20 steps and return the size of the state each training step started from."""
+    seen: list[float] = []
+    forward = RNNLM.forward
+
+    def spy(self: RNNLM, tokens: torch.Tensor, state: tuple) -> tuple:
+        if self.training:
+            seen.append(sum(float(s.abs().sum()) for s in state))
+        return forward(self, tokens, state)
+
+    monkeypatch.setattr(RNNLM, "forward", spy)
     data = tmp_path / "text.txt"
     data.write_text("the quick brown fox jumps over the lazy dog. " * 300, encoding="utf-8")
-    model = ModelConfig(cell="lstm", embed=8, hidden=16)
-    base = dict(data=data, batch_size=4, seq_len=16, lr=0.01, eval_every=10)
+    config = TrainConfig(
+        data=data, out=tmp_path / str(state_reset), steps=20, batch_size=4, seq_len=16, state_reset=state_reset
+    )
+    train(ModelConfig(cell="lstm", embed=8, hidden=16), config, progress=False)
+    return seen
 
-    def weights(out: str) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in load_train_state(tmp_path / out)[0].items() if k.startswith("model.")}
 
-    train(model, TrainConfig(out=tmp_path / "carried", steps=20, **base), progress=False)
-    train(model, TrainConfig(out=tmp_path / "reset", steps=20, state_reset=0.5, **base), progress=False)
-    carried, reset = weights("carried"), weights("reset")
-    assert any(not torch.equal(carried[k], reset[k]) for k in carried)  # the resets reached the model
+def test_state_reset_one_starts_every_step_cold(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen = _states_seen(monkeypatch, tmp_path, 1.0)
+    assert len(seen) == 20 and all(size == 0 for size in seen)
+
+
+def test_no_state_reset_carries_and_draws_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def refuse(*_: object) -> None:
+        raise AssertionError("reset_streams was called with --state-reset 0")
+
+    monkeypatch.setattr(rnnx.trainer.loop, "reset_streams", refuse)
+    seen = _states_seen(monkeypatch, tmp_path, 0.0)
+    assert len(seen) == 20 and seen[0] == 0 and all(size > 0 for size in seen[1:])  # one epoch: carried after step 0
 
 
 @pytest.mark.parametrize("chance", [-0.1, 1.5, float("nan")])

@@ -87,8 +87,8 @@ def reset_streams(state: tuple[torch.Tensor, ...], chance: float) -> tuple[torch
     A model trained only on carried states rarely sees a step start cold, yet every prompt and every windowed
     score does; resetting a few streams per step teaches both without giving up long carried context.
     """
-    keep = (torch.rand(state[0].size(1)) >= chance).to(state[0])  # (B,)
-    return tuple(s * keep[None, :, None] for s in state)
+    keep = (torch.rand(state[0].size(1)) >= chance).to(state[0].device)  # (B,) bool
+    return tuple(torch.where(keep[None, :, None], s, 0.0) for s in state)
 
 
 def _train_state_tensors(

@@ -49,7 +49,8 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     # The word-level tutorial's LSTM (150 units) with tied embeddings, for a story of a few thousand words. On the
     # 2,000-word story in bench/data, weight decay 1.0 beat 0.01-0.3 and 2-5 (perplexity 91 against 99-168), and
-    # the best model comes a quarter of the way in: stop after 20 validations (epochs) without a better one.
+    # the best model comes a quarter of the way in: stop after 20 validations without a better one (each epoch's
+    # end, or every 5 s on a longer text).
     "words-lstm": (
         {
             "cell": "lstm",
