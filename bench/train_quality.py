@@ -4,10 +4,10 @@
 
 Both train the `--preset` model on the first 90% of `--data` for `--minutes` of wall-clock time each, one
 after the other in this process, with the same batches (contiguous truncated-BPTT streams), optimizer
-(AdamW), warm-up + cosine schedule over the time budget, clipping, regularisation and stream resets. rnnx also validates
-as its preset says (every 500 steps or 60 s) and keeps its best model; the plain loop keeps its last weights
-(with a preset's `ema`, both keep the same moving average). Both are then scored on the last 10% by two
-protocols (see rnnx.trainer.evaluate):
+(AdamW), warm-up + cosine schedule over the time budget, clipping, regularisation and stream resets. rnnx
+also validates as its preset says (every 500 steps or 60 s) and keeps its best model; the plain loop keeps its
+last weights (with a preset's `ema`, both keep the same moving average). Both are then scored on the last
+10% by two protocols (see rnnx.trainer.evaluate):
   stateful - the whole validation text read in order, one stream, state carried (how the model is used);
   windowed - independent 256-character windows from a zero state (how the transformer baseline is measured).
 Training tokens/s counts training steps only.
