@@ -3,6 +3,7 @@
 rnn-train                                             # the built-in three-sentence vanilla RNN, in seconds
 rnn-train --preset shakespeare-lstm --data tinyshakespeare.txt --minutes 10 --out artifacts/shakespeare
 rnn-train --out artifacts/shakespeare --resume        # continue an interrupted run from its checkpoint
+rnn-train --overwrite                                 # train the default model again, replacing the last one
 """
 
 from __future__ import annotations
@@ -22,11 +23,20 @@ _PRESETS = "shakespeare-gru, shakespeare-lstm, words-lstm"
 @app.command()
 def main(
     data: Annotated[
-        Path | None, typer.Option(help="UTF-8 text file or folder of .txt files; omit for the built-in sentences.")
+        str | None,
+        typer.Option(
+            metavar="FILE|DIR", help="UTF-8 text file or folder of .txt files; omit for the built-in sentences."
+        ),
     ] = None,
     preset: Annotated[str | None, typer.Option(help=f"Named settings: {_PRESETS}. Flags override them.")] = None,
-    out: Annotated[Path, typer.Option(help="Model directory to write.")] = Path("artifacts/default"),
+    out: Annotated[str, typer.Option(metavar="DIR", help="Model directory to write.")] = "artifacts/default",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run checkpointed in --out.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the run already in --out (its model, checkpoint, exports).")
+    ] = False,
+    max_data_mb: Annotated[
+        float | None, typer.Option(help="Refuse larger data (default: 1/32 of the memory available).")
+    ] = None,
     tokenizer: Annotated[str | None, typer.Option(help="char or word.")] = None,
     max_vocab: Annotated[int | None, typer.Option(help="Word tokenizer: vocabulary cap, <unk> included.")] = None,
     min_freq: Annotated[int | None, typer.Option(help="Word tokenizer: rarer words become <unk>.")] = None,
@@ -68,18 +78,37 @@ def main(
     flags = dict(locals())  # every option by name, None where not given
     with user_errors():
         from rnnx.runtime.errors import UsageError
-        from rnnx.trainer import presets
-        from rnnx.trainer import train as training
+        from rnnx.trainer.guards import Stopped
 
-        if resume:
-            given = sorted(
-                k for k, v in flags.items() if v is not None and k not in (*training.LIMIT_FIELDS, "out", "resume")
-            )
-            if given:
-                names = ", ".join("--" + k.replace("_", "-") for k in given)
-                raise UsageError(f"--resume continues with the saved settings; only limits may change, not {names}")
-            result = training.resume(out, flags)
-        else:
-            model_config, config = presets.resolve(preset, flags, {**flags, "out": out})
-            result = training.train(model_config, config)
+        for name in ("out", "data"):
+            if flags[name] is not None and not flags[name].strip():
+                raise UsageError(f"--{name} is empty: give a path (--{name} . for the current directory)")
+        flags = {**flags, "out": Path(out), "data": Path(data) if data is not None else None}
+        try:
+            result = _resume(flags) if resume else _train(preset, flags)
+        except Stopped as stop:  # SIGINT or SIGTERM, after the checkpoint was written
+            typer.echo(str(stop), err=True)
+            raise typer.Exit(stop.exit_code) from None
         typer.echo(f"trained -> {result.out}: {result.summary()}")
+
+
+def _resume(flags: dict):
+    from rnnx.runtime.errors import UsageError
+    from rnnx.trainer import train as training
+
+    fixed = (*training.LIMIT_FIELDS, "out", "resume", "overwrite")
+    given = sorted(k for k, v in flags.items() if v is not None and k not in fixed)
+    if flags["overwrite"]:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if given:
+        names = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UsageError(f"--resume continues with the saved settings; only limits may change, not {names}")
+    return training.resume(flags["out"], flags)
+
+
+def _train(preset: str | None, flags: dict):
+    from rnnx.trainer import presets
+    from rnnx.trainer import train as training
+
+    model_config, config = presets.resolve(preset, flags, flags)
+    return training.train(model_config, config, overwrite=flags["overwrite"])

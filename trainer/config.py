@@ -3,7 +3,6 @@ summary a finished run returns (`TrainResult`)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,13 @@ from typing import Any
 from rnnx.runtime.errors import UsageError
 from rnnx.trainer.data import TOKENIZERS
 from rnnx.trainer.evaluate import describe_loss
+from rnnx.trainer.limits import MAX_RNG_SEED, number, text, whole
 
 DEFAULT_OUT = Path("artifacts/default")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
-LIMIT_FIELDS = ("epochs", "steps", "minutes", "device", "precision")  # what a resumed run may change
+LIMIT_FIELDS = ("epochs", "steps", "minutes", "device", "precision", "max_data_mb")  # what a resume may change
 
 
 @dataclass(frozen=True)
@@ -45,19 +45,25 @@ class TrainConfig:
     checkpoint_every: int = 0  # write checkpoint.safetensors every this many steps; 0: at each validation
     device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
     precision: str = "fp32"  # auto: bf16 autocast where the hardware is fast at it (CUDA, CPUs with AMX)
-    rng_seed: int = 0
+    rng_seed: int = 0  # 0 to 2**32 - 1
+    max_data_mb: float = 0.0  # refuse a corpus larger than this; 0: 1/32 of the memory available (limits.data_limit)
 
     def __post_init__(self) -> None:
-        numbers = (self.minutes, self.lr, self.weight_decay, self.clip, self.min_lr, self.eval_seconds, self.ema)
-        if not all(math.isfinite(x) for x in numbers):
-            raise UsageError("minutes, lr, weight decay, ema, clip, min-lr and eval-seconds must be finite numbers")
-        if self.rng_seed < 0:
-            raise UsageError(f"the random seed must be 0 or more, got {self.rng_seed}")
-        if self.epochs < 1 or self.batch_size < 1 or self.seq_len < 1:
-            raise UsageError("epochs, batch size and sequence length must be positive")
-        if min(self.steps, self.minutes, self.warmup, self.eval_every, self.checkpoint_every, self.patience) < 0:
-            raise UsageError("steps, minutes, warmup, eval-every, checkpoint-every and patience must be 0 or more")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        """Types and ranges, for flags and for the settings a checkpoint brings back alike."""
+        if not (self.data is None or isinstance(self.data, Path)) or not isinstance(self.out, Path):
+            raise UsageError(f"data and out must be paths, got {self.data!r} and {self.out!r}")
+        for name in ("steps", "warmup", "eval_every", "patience", "checkpoint_every", "max_vocab"):
+            whole(name.replace("_", "-"), getattr(self, name), 0)
+        for name in ("epochs", "batch_size", "seq_len", "min_freq"):
+            whole(name.replace("_", "-"), getattr(self, name), 1)
+        whole("the random seed (--rng-seed)", self.rng_seed, 0, MAX_RNG_SEED)
+        for name in ("minutes", "state_reset", "lr", "weight_decay", "ema", "clip", "min_lr", "eval_seconds"):
+            number(name.replace("_", "-"), getattr(self, name))
+        if number("max-data-mb", self.max_data_mb) < 0:
+            raise UsageError(f"max-data-mb must be 0 (automatic) or more, got {self.max_data_mb}")
+        if self.minutes < 0:
+            raise UsageError(f"minutes must be 0 or more, got {self.minutes}")
+        if not self.lr > 0:
             raise UsageError(f"learning rate must be positive, got {self.lr}")
         if not 0 <= self.state_reset <= 1:
             raise UsageError(f"state-reset is a probability in [0, 1] (0 is off), got {self.state_reset}")
@@ -65,16 +71,10 @@ class TrainConfig:
             raise UsageError(f"ema must be in [0, 1) (0 is off; 0.999 a typical decay), got {self.ema}")
         if self.weight_decay < 0 or self.clip < 0 or not 0 <= self.min_lr <= 1 or self.eval_seconds <= 0:
             raise UsageError("weight decay and clip must be 0 or more, min-lr in [0, 1], eval-seconds positive")
-        if self.tokenizer not in TOKENIZERS:
-            raise UsageError(f"unknown tokenizer {self.tokenizer!r}: choose one of {', '.join(TOKENIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.device not in DEVICES:
-            raise UsageError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
-        if self.max_vocab < 0 or self.min_freq < 1:
-            raise UsageError("max-vocab must be 0 (no cap) or more, and min-freq 1 or more")
+        text("tokenizer", self.tokenizer, TOKENIZERS)
+        text("schedule", self.schedule, SCHEDULES)
+        text("precision", self.precision, PRECISIONS)
+        text("device", self.device, DEVICES)
 
     def to_json(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -83,7 +83,10 @@ class TrainConfig:
     def from_json(cls, data: dict[str, Any], out: Path) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        values["data"] = Path(values["data"]) if values.get("data") else None
+        data = values.get("data")
+        if not (data is None or isinstance(data, str)):
+            raise UsageError(f"the data path must be text, got {data!r}")
+        values["data"] = Path(data) if data else None
         return cls(**{**values, "out": out})
 
 

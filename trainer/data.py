@@ -19,17 +19,34 @@ VAL_FRACTION = 0.1  # the last 10% is validation, as in the best-known char-leve
 EXPLODE_MIN_TYPES, EXPLODE_TYPE_RATIO = 1000, 0.5
 
 
-def read_text(path: Path) -> str:
-    """A UTF-8 text file's contents, or an error saying why it cannot be trained on."""
+def normalize(text: str) -> str:
+    r"""Drop a leading byte-order mark and make every line end `\n` (Windows `\r\n`, old Mac `\r`)."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _too_big(path: Path, size: int, limit: int) -> RnnxError:
+    return RnnxError(
+        f"{path} holds {size / 2**20:,.1f} MB of text, more than the {limit / 2**20:,.1f} MB limit (tokenizing takes "
+        "about 20 bytes of memory per byte of text): pass --max-data-mb with a larger limit, or train on less text"
+    )
+
+
+def read_text(path: Path, limit: int | None = None) -> str:
+    """A UTF-8 text file's contents (normalized), or an error saying why it cannot be trained on."""
     if not path.exists():
         raise RnnxError(f"data file {path} not found: pass --data with a UTF-8 text file")
     if not path.is_file():
         raise RnnxError(f"{path} is not a regular file (a device, pipe or socket): pass a UTF-8 text file")
-    raw = path.read_bytes()
+    if limit is not None and path.stat().st_size > limit:
+        raise _too_big(path, path.stat().st_size, limit)
+    with path.open("rb") as f:
+        raw = f.read() if limit is None else f.read(limit + 1)  # a file growing while it is read stops at the limit
+    if limit is not None and len(raw) > limit:
+        raise _too_big(path, len(raw), limit)
     if b"\x00" in raw:
         raise RnnxError(f"{path} looks binary (it holds NUL bytes): pass a UTF-8 text file")
     try:
-        text = raw.decode("utf-8")
+        text = normalize(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise RnnxError(
             f"{path} is not UTF-8 text (bad byte at offset {exc.start}): convert it, e.g. iconv -t utf-8"
@@ -39,14 +56,17 @@ def read_text(path: Path) -> str:
     return text
 
 
-def read_corpus(path: Path) -> str:
-    """A text file, or every `.txt` file of a directory in name order, joined by blank lines."""
+def read_corpus(path: Path, limit: int | None = None) -> str:
+    """A text file, or every `.txt` file of a directory in name order, joined by blank lines; at most `limit` bytes."""
     if path.is_dir():
         files = sorted(p for p in path.glob("*.txt") if p.is_file())
         if not files:
             raise RnnxError(f"directory {path} holds no .txt files: pass a text file or a folder of .txt files")
-        return "\n\n".join(read_text(p).strip("\n") for p in files) + "\n"
-    return read_text(path)
+        total = sum(p.stat().st_size for p in files)
+        if limit is not None and total > limit:
+            raise _too_big(path, total, limit)
+        return "\n\n".join(read_text(p, limit).strip("\n") for p in files) + "\n"
+    return read_text(path, limit)
 
 
 def build_tokenizer(text: str, kind: str, max_vocab: int = 0, min_freq: int = 1) -> Tokenizer:

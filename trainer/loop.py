@@ -14,13 +14,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rnnx.runtime.errors import ModelFileError, RnnxError
+from rnnx.runtime.errors import ModelFileError, RnnxError, UsageError
 from rnnx.runtime.tokenizer import Tokenizer
 from rnnx.trainer.averaging import WeightAverage
 from rnnx.trainer.checkpoint import describe_error, plain_tensors, save_model, save_train_state
 from rnnx.trainer.config import TrainConfig, TrainResult
 from rnnx.trainer.data import LineBatches, StreamBatches
 from rnnx.trainer.evaluate import stateful_loss
+from rnnx.trainer.guards import LossMeter, Stopped, StopRequests, all_finite, diverged
+from rnnx.trainer.limits import number, whole
 from rnnx.trainer.model import RNNLM
 from rnnx.trainer.report import MetricsLog, write_loss_plot
 
@@ -42,6 +44,16 @@ class Progress:
     best_val: float | None = None
     best_step: int = 0
     evals_since_best: int = 0
+
+    def __post_init__(self) -> None:
+        """Types and ranges: a checkpoint is a file from outside, and `"step": "abc"` must not reach the loop."""
+        for name in ("step", "epoch", "index", "tokens", "best_step", "evals_since_best"):
+            whole(f"progress {name}", getattr(self, name), 0)
+        for name in ("elapsed", "train_seconds"):
+            if number(f"progress {name}", getattr(self, name)) < 0:
+                raise UsageError(f"progress {name} must be 0 or more, got {getattr(self, name)}")
+        if self.best_val is not None:
+            number("progress best_val", self.best_val)
 
 
 @dataclass
@@ -108,15 +120,39 @@ def _train_state_tensors(
     return tensors
 
 
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Every moment the checkpoint brought back has its weight's shape (AdamW would fail mid-step otherwise)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if key != "step" and value.shape != param.shape:
+                    shapes = f"{tuple(value.shape)} for a weight of {tuple(param.shape)}"
+                    raise ValueError(f"optimizer {key} of shape {shapes}")
+
+
+def _check_carry(model: RNNLM, carry: tuple[torch.Tensor, ...]) -> None:
+    config = model.config
+    if len(carry) != (2 if config.cell == "lstm" else 1):
+        raise ValueError(f"{len(carry)} carried states for an {config.cell.upper()}")
+    for s in carry:
+        if s.dim() != 3 or s.size(0) != config.layers or s.size(2) != config.hidden:
+            raise ValueError(f"a carried state of shape {tuple(s.shape)} for {config.layers} x {config.hidden}")
+
+
 def restore(
     model: RNNLM,
     optimizer: torch.optim.Optimizer,
     average: WeightAverage | None,
     tensors: dict[str, torch.Tensor],
-    meta: dict[str, Any],
 ) -> tuple:
-    """Load weights, weight average, optimizer and random state from a checkpoint; returns the TBPTT state."""
+    """Load weights, weight average, optimizer and random state from a checkpoint; returns the TBPTT state.
+
+    The optimizer's settings come from the run's settings (they were saved from them), only its state from the file.
+    """
     device = model.head.weight.device
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ModelFileError(f"the checkpoint holds numbers that are not finite ({bad[0]}): start a fresh run")
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if average is not None:
@@ -126,16 +162,19 @@ def restore(
             if name.startswith("optim."):
                 _, index, key = name.split(".", 2)
                 state.setdefault(int(index), {})[key] = value
-        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_groups"]})
+        optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+        _check_optimizer_state(optimizer)
         torch.set_rng_state(tensors["rng.cpu"])
         if "rng.cuda" in tensors and device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"])
+        count = sum(1 for k in tensors if k.startswith("carry."))
+        carry = tuple(tensors[f"carry.{i}"].to(device) for i in range(count))
+        _check_carry(model, carry)
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise ModelFileError(
             f"the checkpoint does not fit its own settings ({describe_error(exc)}): start a fresh run"
         ) from None
-    count = sum(1 for k in tensors if k.startswith("carry."))
-    return tuple(tensors[f"carry.{i}"].to(device) for i in range(count))
+    return carry
 
 
 def _train_record(progress: Progress, loss: float, lr: float | None = None) -> dict[str, Any]:
@@ -162,6 +201,8 @@ class Run:
         self.unit = "char" if setup.tokenizer.kind == "char" else "word"
         bf16 = use_bf16(config.precision, device)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        self.saved_step: int | None = None  # the step of the newest checkpoint on disk (None: none from this run)
+        self.meter = LossMeter(device)  # training losses since the last `train` record
 
     def document(self, progress: Progress) -> dict[str, Any]:
         return {
@@ -172,7 +213,25 @@ class Run:
             "val_protocol": f"stateful, {VAL_STREAMS} streams" if progress.best_val is not None else None,
         }
 
+    def diverged_error(self, progress: Progress, what: str) -> RnnxError:
+        kept = (
+            f"the checkpoint of step {self.saved_step} and the best model are kept"
+            if self.saved_step is not None
+            else "nothing of this run was saved"
+        )
+        return RnnxError(
+            f"training diverged by step {progress.step} ({what}): lower --lr (it is {self.config.lr:g}) "
+            f"or set --clip; {kept}"
+        )
+
+    def check_loss(self, progress: Progress) -> None:
+        """Raise if the training losses not yet logged show divergence (reads them from the device)."""
+        if self.meter.count and diverged(loss := self.meter.mean(), self.model.config.vocab_size):
+            raise self.diverged_error(progress, f"mean training loss {loss:.4g} nats/token")
+
     def checkpoint(self, progress: Progress, carry: tuple) -> None:
+        """Write checkpoint.safetensors, unless the state has diverged: a good checkpoint is never replaced by one."""
+        self.check_loss(progress)
         groups = [dict(g) for g in self.optimizer.state_dict()["param_groups"]]
         meta = {
             "progress": asdict(progress),
@@ -183,7 +242,16 @@ class Run:
             "optimizer_groups": groups,
         }
         tensors = _train_state_tensors(self.model, self.optimizer, carry, self.average)
+        if not all_finite(list(tensors.values())):
+            raise self.diverged_error(progress, "weights or optimizer state not finite")
         save_train_state(self.config.out, tensors, meta)
+        self.saved_step = progress.step
+
+    def save(self, progress: Progress, extra: dict[str, Any]) -> None:
+        """Replace the model directory's model with the current (averaged) weights, if they are finite."""
+        if not all_finite([p.detach() for p in self.model.parameters()]):
+            raise self.diverged_error(progress, "weights not finite")
+        save_model(self.config.out, self.model, self.setup.tokenizer, {**self.document(progress), **extra})
 
     def averaged(self) -> contextlib.AbstractContextManager:
         """The weights to score and keep: the running average with --ema, else the trained ones."""
@@ -191,6 +259,7 @@ class Run:
 
     def validate(self, progress: Progress, metrics: MetricsLog) -> bool:
         """Validate, keep the model if it is the best so far; True when early stopping says stop."""
+        self.check_loss(progress)
         with self.averaged():
             return self._validate(progress, metrics)
 
@@ -202,18 +271,30 @@ class Run:
             val / math.log(2) if self.unit == "char" else math.exp(min(val, 50))
         )
         metrics.write(record)
+        if diverged(val, self.model.config.vocab_size):
+            raise self.diverged_error(progress, f"validation loss {val:.4g} nats/token")
         if progress.best_val is None or val < progress.best_val:
             progress.best_val, progress.best_step, progress.evals_since_best = val, progress.step, 0
-            save_model(self.config.out, self.model, self.setup.tokenizer, self.document(progress))
+            self.save(progress, {})
         else:
             progress.evals_since_best += 1
         return bool(self.config.patience) and progress.evals_since_best >= self.config.patience
 
+    def log_train(self, progress: Progress, metrics: MetricsLog, lr: float | None) -> float:
+        """Write a `train` record with the mean loss since the last one; raise if it shows divergence."""
+        loss = self.meter.mean()
+        metrics.write(_train_record(progress, loss, lr))
+        self.check_loss(progress)
+        self.meter.reset()
+        return loss
+
     def run(self, progress: Progress, carry: tuple | None) -> TrainResult:
-        config, model, batches = self.config, self.model, self.setup.batches
+        """Train from `progress` (and the carried state of a resumed run) to the first limit reached."""
+        config = self.config
         config.out.mkdir(parents=True, exist_ok=True)
+        self.saved_step = progress.step if carry is not None else None  # a resumed run starts from a checkpoint
         metrics = MetricsLog(config.out, progress.step if carry is not None else None)
-        carry = carry if carry else model.init_state(config.batch_size)
+        carry = carry if carry else self.model.init_state(config.batch_size)
         bar = tqdm(
             total=1000,
             desc="training",
@@ -221,71 +302,9 @@ class Run:
             leave=False,
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
         )
-        start = time.monotonic() - progress.elapsed
-        last_eval = last_log = time.monotonic()
-        log_step, loss_sum, loss_count, val_text = progress.step, 0.0, 0, "-"
-        final_loss = float("nan")
-        model.train()
         try:
-            while True:
-                done = fraction_done(config, progress, batches.steps_per_epoch)
-                if done >= 1:
-                    break
-                lr = learning_rate(config, progress.step, done)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                t0 = time.monotonic()
-                loss, carry = self._step(batches.get(progress.epoch, progress.index), carry)
-                if self.average is not None:
-                    self.average.update(progress.step)
-                progress.train_seconds += time.monotonic() - t0
-                if not math.isfinite(loss):
-                    raise RnnxError("training diverged (the loss is not finite): lower --lr or set --clip")
-                loss_sum, loss_count = loss_sum + loss, loss_count + 1
-                progress.step += 1
-                progress.tokens += batches.tokens_per_step
-                progress.index += 1
-                epoch_end = progress.index == batches.steps_per_epoch
-                if epoch_end:
-                    progress.epoch, progress.index = progress.epoch + 1, 0
-                now = time.monotonic()
-                progress.elapsed = now - start
-                if progress.step - log_step >= 10 and now - last_log >= 0.2 or epoch_end and loss_count:
-                    final_loss = loss_sum / loss_count
-                    metrics.write(_train_record(progress, final_loss, lr))
-                    log_step, last_log, loss_sum, loss_count = progress.step, now, 0.0, 0
-                stop = False
-                due = (
-                    config.eval_every
-                    and progress.step % config.eval_every == 0
-                    or (not config.eval_every and epoch_end)
-                    or now - last_eval >= config.eval_seconds
-                )
-                if self.setup.val_ids is not None and due:
-                    stop = self.validate(progress, metrics)
-                    val_text = f"{progress.best_val:.4f}"
-                    last_eval = time.monotonic()
-                    if not config.checkpoint_every:
-                        self.checkpoint(progress, carry)
-                if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
-                    self.checkpoint(progress, carry)
-                self._show(bar, progress, final_loss, val_text)
-                if stop:
-                    log.info("no better validation loss for %d evaluations: stopping early", config.patience)
-                    break
-            if loss_count:
-                final_loss = loss_sum / loss_count
-                metrics.write(_train_record(progress, final_loss))
-            if self.setup.val_ids is None:
-                with self.averaged():
-                    extra = {**self.document(progress), "final_loss": final_loss}
-                    save_model(config.out, model, self.setup.tokenizer, extra)
-            elif progress.best_step != progress.step:
-                self.validate(progress, metrics)
-            self.checkpoint(progress, carry)
-        except KeyboardInterrupt:
-            self.checkpoint(progress, carry)  # Ctrl-C loses nothing: --resume continues from here
-            raise
+            with StopRequests() as stops:
+                final_loss = self._loop(progress, carry, metrics, bar, stops)
         finally:
             bar.close()
             metrics.close()
@@ -303,7 +322,72 @@ class Run:
             unit=self.unit,
         )
 
-    def _step(self, batch, carry: tuple) -> tuple[float, tuple]:
+    def _loop(self, progress: Progress, carry: tuple, metrics: MetricsLog, bar: tqdm, stops: StopRequests) -> float:
+        """The steps, validations and checkpoints to the end of the run; returns the last mean training loss."""
+        config, model, batches = self.config, self.model, self.setup.batches
+        start = time.monotonic() - progress.elapsed
+        last_eval = last_log = time.monotonic()
+        log_step, val_text = progress.step, "-"
+        final_loss = float("nan")
+        model.train()
+        while True:
+            done = fraction_done(config, progress, batches.steps_per_epoch)
+            if done >= 1:
+                break
+            if stops.signum is not None:  # between two steps: the checkpoint holds whole steps only
+                self.checkpoint(progress, carry)
+                raise Stopped(stops.signum, progress.step, config.out)
+            lr = learning_rate(config, progress.step, done)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.monotonic()
+            loss, carry = self._step(batches.get(progress.epoch, progress.index), carry)
+            if self.average is not None:
+                self.average.update(progress.step)
+            progress.train_seconds += time.monotonic() - t0
+            self.meter.add(loss)
+            progress.step += 1
+            progress.tokens += batches.tokens_per_step
+            progress.index += 1
+            epoch_end = progress.index == batches.steps_per_epoch
+            if epoch_end:
+                progress.epoch, progress.index = progress.epoch + 1, 0
+            now = time.monotonic()
+            progress.elapsed = now - start
+            if progress.step - log_step >= 10 and now - last_log >= 0.2 or epoch_end:
+                final_loss = self.log_train(progress, metrics, lr)
+                log_step, last_log = progress.step, now
+            stop = False
+            due = (
+                config.eval_every
+                and progress.step % config.eval_every == 0
+                or (not config.eval_every and epoch_end)
+                or now - last_eval >= config.eval_seconds
+            )
+            if self.setup.val_ids is not None and due:
+                stop = self.validate(progress, metrics)
+                val_text = f"{progress.best_val:.4f}"
+                last_eval = time.monotonic()
+                if not config.checkpoint_every:
+                    self.checkpoint(progress, carry)
+            if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
+                self.checkpoint(progress, carry)
+            self._show(bar, progress, final_loss, val_text)
+            if stop:
+                log.info("no better validation loss for %d evaluations: stopping early", config.patience)
+                break
+        if self.meter.count:
+            final_loss = self.log_train(progress, metrics, None)
+        if self.setup.val_ids is None:
+            with self.averaged():
+                self.save(progress, {"final_loss": final_loss})
+        elif progress.best_step != progress.step:
+            self.validate(progress, metrics)
+        self.checkpoint(progress, carry)
+        return final_loss
+
+    def _step(self, batch, carry: tuple) -> tuple[torch.Tensor, tuple]:
+        """One optimisation step; the loss stays on the device (reading it would wait for the device)."""
         model = self.model
         if not batch.stateful:
             carry = model.init_state(batch.inputs.size(0))
@@ -317,7 +401,7 @@ class Run:
         if self.config.clip:
             nn.utils.clip_grad_norm_(model.parameters(), self.config.clip)
         self.optimizer.step()
-        return float(loss.detach()), tuple(s.detach().float() for s in new)
+        return loss.detach(), tuple(s.detach().float() for s in new)
 
     def _show(self, bar: tqdm, progress: Progress, loss: float, val: str) -> None:
         if bar.disable:

@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from rnnx.runtime.contract import CELLS
 from rnnx.runtime.errors import UsageError
+from rnnx.trainer.limits import MAX_LAYERS, number, text, weight_count, whole
 
 State = tuple[torch.Tensor, ...]
 
@@ -38,16 +39,25 @@ class ModelConfig:
     tie: bool = False  # the output layer reuses the embedding matrix; needs embed == hidden
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise UsageError(f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
-        if self.layers < 1 or self.hidden < 1 or self.embed < 0:
-            raise UsageError("layers and hidden must be positive and embed 0 or more")
+        """Types and ranges, so that a hand-edited model.json fails here with a message, not deep inside torch."""
+        text("cell", self.cell, CELLS)
+        whole("vocab size", self.vocab_size, 0)
+        whole("embed", self.embed, 0)
+        whole("hidden", self.hidden, 1)
+        whole("layers", self.layers, 1, MAX_LAYERS)
         for name in ("dropout", "embed_dropout", "weight_drop"):
-            value = getattr(self, name)
+            value = number(name.replace("_", "-"), getattr(self, name))
             if not 0 <= value < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be in [0, 1), got {value}")
+        if not isinstance(self.tie, bool):
+            raise UsageError(f"tie must be true or false, got {self.tie!r}")
         if self.tie and self.embed != self.hidden:
             raise UsageError(f"tied embeddings need --embed equal to --hidden (got {self.embed} and {self.hidden})")
+
+    @property
+    def weight_count(self) -> int:
+        """Numbers in the saved weights (tied weights twice: the model directory holds two copies)."""
+        return weight_count(self.cell, self.vocab_size, self.embed, self.hidden, self.layers)
 
     @property
     def input_size(self) -> int:
@@ -123,9 +133,13 @@ class RNNLM(nn.Module):
             layer_states.append(new if isinstance(new, tuple) else (new,))
         return x, tuple(torch.cat(parts) for parts in zip(*layer_states))
 
-    def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """tokens (B, T) int64 -> logits (B, T, V) and the state after the last step."""
+    def features(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (B, T) int64 -> what the output layer reads (B, T, H) and the state after the last step."""
         x = self.embed(tokens)  # (B, T, E)
         out, new = self.recur(x, state)  # out: (B, T, H)
-        logits = self.head(self.locked_dropout(out))  # (B, T, V)
-        return logits, new
+        return self.locked_dropout(out), new
+
+    def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (B, T) int64 -> logits (B, T, V) and the state after the last step."""
+        out, new = self.features(tokens, state)  # (B, T, H)
+        return self.head(out), new  # logits (B, T, V)
