@@ -1,48 +1,68 @@
 """Choosing the next token from logits: greedy, temperature, top-k, top-p and a repetition penalty.
 
-`SamplingConfig` says what to do; a `Sampler` does it for one generation stream, a whole batch per call, with
-buffers made once so the per-token work stays small next to the graph call. The unknown token is never chosen.
+`SamplingConfig` says what to do; a `Sampler` does it for one generation stream, a whole batch per call. The
+work per call is linear in batch × vocab with a small constant, and its temporary memory is bounded: rows go
+through in blocks of about a million logits, top-k and top-p select candidates with `np.partition` (top-p sorts
+only the few most likely tokens, more only for rows whose cut lies further down), and the draw finds its chunk
+of 1024 tokens first, then the token inside it. The unknown token is never chosen.
+
+Extreme values, defined (`tests/test_runtime_sampling.py` checks each boundary):
+- a temperature below `GREEDY_BELOW` (1e-30) is greedy, as 0 is; above `MAX_TEMPERATURE` (1e30) it is refused;
+- a repetition penalty above `MAX_REPETITION_PENALTY` (1e30) is refused;
+- NaN logits are never chosen; a row with +inf logits draws among those tokens only (greedy takes the first);
+- a row with no choosable token (every logit but `<unk>`'s is -inf or NaN) raises `ModelFileError`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from rnnx.runtime.errors import UsageError
+from rnnx.runtime.errors import ModelFileError, UsageError
 from rnnx.runtime.tokenizer import UNK_ID
+
+MAX_SEED = 2**64 - 1  # torch.manual_seed's limit, which the trainer's seed meets too: a seed means one thing
+GREEDY_BELOW = 1e-30  # a smaller temperature is greedy, as 0 is: 1/T nears float32's limit (greedy but for ties)
+MAX_TEMPERATURE = 1e30  # 1/T must stay a normal float32; long before this, every kept token is equally likely
+MAX_REPETITION_PENALTY = 1e30  # a float32 penalty must be finite (a zero logit times inf would be NaN)
+_BLOCK = 1 << 20  # logits per block of rows: temporaries stay a few MB whatever batch × vocab is
+_TOP_P_FIRST = 256  # top-p sorts this many candidates first, 8 times more for rows whose cut lies further down
+_BELOW_ONE = 1.0 - 2.0**-52  # see _draw_in
+_CHUNK = 1024  # the draw sums the mass of each chunk of this many tokens, then searches one chunk
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    temperature: float = 0.0  # 0 means greedy: always the most likely token
-    top_k: int = 0  # keep only the k most likely tokens; 0 keeps all
-    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p
+    temperature: float = 0.0  # 0 means greedy: always the most likely token (below 1e-30 too)
+    top_k: int = 0  # keep only the k most likely tokens (and any tied with the k-th); 0 keeps all
+    top_p: float = 1.0  # keep the smallest set of most likely tokens whose probability reaches p (ties kept)
     # > 1 makes tokens already in the text (prompt included) less likely: a positive logit is divided by it,
     # a negative one multiplied (the CTRL paper's rule); 1 is off
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()  # generation ends before the first of these in the new text; it is not emitted
     max_new_tokens: int = 100  # the most tokens generated after the prompt
-    rng_seed: int | None = None  # None draws a fresh seed; an int makes sampling repeatable
+    rng_seed: int | None = None  # None draws a fresh seed; an int (0 to 2**64-1) makes sampling repeatable
 
     def __post_init__(self) -> None:
-        if not (_is_real(self.temperature) and math.isfinite(self.temperature) and self.temperature >= 0):
-            raise UsageError(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
+        if not (_is_real(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE):
+            raise UsageError(
+                f"temperature must be 0 (greedy) or positive, at most {MAX_TEMPERATURE:g}, got {self.temperature}"
+            )
         if not _is_int(self.top_k) or self.top_k < 0:
             raise UsageError(f"top-k must be 0 (off) or positive, got {self.top_k}")
         if not (_is_real(self.top_p) and 0 < self.top_p <= 1):
             raise UsageError(f"top-p must be in (0, 1], got {self.top_p}")
-        if not (_is_real(self.repetition_penalty) and math.isfinite(self.repetition_penalty)):
-            raise UsageError(f"repetition penalty must be a number, 1 or more, got {self.repetition_penalty}")
-        if self.repetition_penalty < 1:
-            raise UsageError(f"repetition penalty must be 1 (off) or more, got {self.repetition_penalty}")
+        if not (_is_real(self.repetition_penalty) and 1 <= self.repetition_penalty <= MAX_REPETITION_PENALTY):
+            raise UsageError(
+                f"repetition penalty must be 1 (off) or more, at most {MAX_REPETITION_PENALTY:g}, "
+                f"got {self.repetition_penalty}"
+            )
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
             raise UsageError(f"max_new_tokens must be 0 or more, got {self.max_new_tokens}")
-        if self.rng_seed is not None and (not _is_int(self.rng_seed) or self.rng_seed < 0):
-            raise UsageError(f"the random seed must be a whole number, 0 or more, got {self.rng_seed}")
+        if self.rng_seed is not None and (not _is_int(self.rng_seed) or not 0 <= self.rng_seed <= MAX_SEED):
+            raise UsageError(f"the random seed must be a whole number from 0 to 2**64-1, got {self.rng_seed}")
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop  # one string is one stop string
         if not isinstance(stop, Sequence) or not all(isinstance(s, str) and s for s in stop):
             raise UsageError(f"stop must be a list of non-empty strings, got {self.stop!r}")
@@ -50,7 +70,7 @@ class SamplingConfig:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 def _is_int(value: object) -> bool:
@@ -58,68 +78,245 @@ def _is_int(value: object) -> bool:
 
 
 def _is_real(value: object) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    """A number that compares as itself: NaN fails every range check after this one."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) and value == value
 
 
 class Sampler:
-    """Picks one token per row from logits [batch, vocab], for one stream; not shared between threads."""
+    """Picks one token per row from logits [batch, vocab], for one stream; not shared between threads.
+
+    Each row draws from its own random generator, so a row's text does not depend on the rows beside it and
+    one row's state can be saved and restored (`row_state`, `restore_row`): row 0 from
+    `default_rng(rng_seed)` (a single prompt samples as it always did), row r from the seed's child r.
+    """
 
     def __init__(self, config: SamplingConfig, batch: int, vocab: int, history: Sequence[Sequence[int]] = ()) -> None:
         self.config = config
-        self.rng = np.random.default_rng(config.rng_seed)
+        seeds = np.random.SeedSequence(config.rng_seed)
+        self._rngs = [np.random.default_rng(seeds)] + [
+            np.random.default_rng(np.random.SeedSequence(seeds.entropy, spawn_key=(row,))) for row in range(1, batch)
+        ]
         self._rows = np.arange(batch)
-        self._probs = np.empty((batch, vocab), np.float64)  # float64: cumulative sums over large vocabularies
-        self._below = np.empty((batch, vocab), bool)
-        self._seen: np.ndarray | None = None
-        if config.repetition_penalty != 1:
-            self._seen = np.zeros((batch, vocab), bool)  # which tokens each row's text holds so far
-            self._positive = np.empty((batch, vocab), bool)
-            for row, ids in enumerate(history):
-                self._seen[row, list(ids)] = True
+        self._seen = np.zeros((batch, vocab), bool)  # which tokens each row's text holds so far
+        self._penalized = config.repetition_penalty != 1
+        self._hits = np.empty((2, max(batch, 16)), np.int64)  # with a penalty: the seen (row, token) pairs,
+        self._count = 0  # the first _count of them, so that a step's penalty costs the text's length only
+        for row, ids in enumerate(history):
+            self.remember(row, ids)
 
-    def choose(self, logits: np.ndarray) -> np.ndarray:
-        """Token ids [batch] int64 for `logits` [batch, vocab] float32, which this modifies in place."""
-        logits[:, UNK_ID] = -np.inf
-        if self._seen is not None:
-            self._penalize(logits)
-        ids = logits.argmax(axis=1) if self.config.greedy else self._sample(logits)
-        if self._seen is not None:
-            self._seen[self._rows, ids] = True
+    # -- one row's state -----------------------------------------------------------------------------------------
+
+    def remember(self, row: int, ids: Sequence[int]) -> None:
+        """Row `row`'s text now holds `ids` too (a prompt, appended text): the repetition penalty counts them."""
+        unique = np.unique(np.asarray(ids, np.int64))
+        self._mark(np.full(len(unique), row), unique)
+
+    def row_state(self, row: int) -> tuple[dict, np.ndarray]:
+        """Row `row`'s random generator state (numpy's PCG64 dict) and the tokens its text holds, (vocab,) bool."""
+        return self._rngs[row].bit_generator.state, self._seen[row].copy()
+
+    def restore_row(self, row: int, rng_state: dict, seen: np.ndarray) -> None:
+        """Row `row` goes on from a `row_state`."""
+        self._rngs[row].bit_generator.state = rng_state
+        self._seen[row] = seen
+        if self._penalized:
+            rows, ids = np.nonzero(self._seen)
+            self._count = 0
+            self._hits = np.empty((2, max(len(rows), 16)), np.int64)
+            self._add_hits(rows, ids)
+
+    # -- choosing ------------------------------------------------------------------------------------------------
+
+    def choose(self, logits: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """Token ids [batch] int64 for `logits` [batch, vocab] float32, never the unknown token.
+
+        Where `active` (batch,) bool is False (a finished row riding along) nothing is drawn: that row gets -1,
+        and its logits, random generator and seen tokens stay as they were. Active rows' logits are modified
+        in place when every row is active.
+        """
+        if active is None or active.all():
+            return self._choose(logits, self._rows)
+        rows = np.flatnonzero(active)
+        ids = np.full(len(logits), -1, np.int64)
+        if rows.size:
+            ids[rows] = self._choose(logits[rows], rows)
         return ids
 
-    def _penalize(self, logits: np.ndarray) -> None:
-        penalty, seen, positive = self.config.repetition_penalty, self._seen, self._positive
-        np.greater(logits, 0, out=positive)
-        np.logical_and(positive, seen, out=self._below)
-        np.divide(logits, penalty, out=logits, where=self._below)
-        np.logical_not(positive, out=positive)
-        np.logical_and(positive, seen, out=positive)
-        np.multiply(logits, penalty, out=logits, where=positive)
+    def _choose(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Choices for `logits` (n, V), the logits of batch rows `rows` (n,)."""
+        logits[:, UNK_ID] = -np.inf
+        if self._penalized:
+            self._penalize(logits, rows)
+        ids = self._greedy(logits, rows) if self.config.greedy else self._sample(logits, rows)
+        self._mark(rows, ids)
+        return ids
 
-    def _sample(self, logits: np.ndarray) -> np.ndarray:
-        """Draw from softmax(logits / T), cut to the top-k and top-p tokens, one draw per row.
+    def _mark(self, rows: np.ndarray, ids: np.ndarray) -> None:
+        """Record (row, id) pairs, no pair twice in one call."""
+        if self._penalized:
+            fresh = ~self._seen[rows, ids]
+            self._add_hits(rows[fresh], ids[fresh])
+        self._seen[rows, ids] = True
 
-        Vectorized over the batch; only top-p sorts (the whole row: 2 µs at 65 tokens, 100 µs at 10,000), and
-        at the tutorials' vocabulary of 65 this plain form beat gathering the top-k candidates first.
-        """
-        config, p = self.config, self._probs
-        vocab = p.shape[1]
-        np.multiply(logits, 1.0 / config.temperature, out=p)
-        if 0 < config.top_k < vocab:
-            kth = np.partition(p, vocab - config.top_k, axis=1)[:, vocab - config.top_k, None]  # (B, 1)
-            np.less(p, kth, out=self._below)
-            np.putmask(p, self._below, -np.inf)
-        p -= p.max(axis=1, keepdims=True)
-        np.exp(p, out=p)
+    def _add_hits(self, rows: np.ndarray, ids: np.ndarray) -> None:
+        end = self._count + len(rows)
+        if end > self._hits.shape[1]:
+            self._hits = np.concatenate([self._hits, np.empty((2, end + self._hits.shape[1]), np.int64)], axis=1)
+        self._hits[:, self._count : end] = rows, ids
+        self._count = end
+
+    def _penalize(self, logits: np.ndarray, rows: np.ndarray) -> None:
+        """Only the seen tokens' logits change: the work follows the text's length, not batch × vocab."""
+        hit_rows, ids = self._hits[:, : self._count]
+        if len(rows) < len(self._rows):  # some rows only: their positions in `logits`
+            where = np.full(len(self._rows), -1)
+            where[rows] = np.arange(len(rows))
+            hit_rows = where[hit_rows]
+            ids = ids[hit_rows >= 0]
+            hit_rows = hit_rows[hit_rows >= 0]
+        values = logits[hit_rows, ids]
+        penalty = logits.dtype.type(self.config.repetition_penalty)
+        with np.errstate(over="ignore", invalid="ignore"):  # a huge logit times the penalty is -inf: impossible
+            logits[hit_rows, ids] = np.where(values > 0, values / penalty, values * penalty)
+
+    def _greedy(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        ids = logits.argmax(axis=1)
+        best = logits[np.arange(len(logits)), ids]
+        if (best > -np.inf).all():  # False for NaN too
+            return ids
+        for i in np.flatnonzero(np.isnan(best)):  # argmax points at a NaN: choose among the numbers
+            values = logits[i]
+            values[np.isnan(values)] = -np.inf
+            ids[i] = values.argmax()
+            best[i] = values[ids[i]]
+        if (best == -np.inf).any():
+            raise _nothing_to_choose(int(rows[np.argmax(best == -np.inf)]))
+        return ids
+
+    def _sample(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Draw from softmax(logits / T), cut to the top-k and top-p tokens, one draw per row."""
+        count, vocab = logits.shape
+        u = np.array([self._rngs[row].random() for row in rows.tolist()])  # each row's own generator
+        ids = np.empty(count, np.int64)
+        size = max(1, _BLOCK // vocab)
+        with np.errstate(over="ignore", invalid="ignore"):  # extreme logits overflow to -inf: weight 0
+            for start in range(0, count, size):
+                block = slice(start, start + size)
+                ids[block] = self._sample_block(logits[block], u[block], rows[block])
+        return ids
+
+    def _sample_block(self, w: np.ndarray, u: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Turns the logits block `w` (b, V) of batch rows `rows` into weights in place, cuts them, draws."""
+        config, vocab = self.config, w.shape[1]
+        top = _finite_max(w, rows)  # (b,)
+        best = _keep_top_k(w, config.top_k) if 0 < config.top_k < vocab else None  # (b, k) logits or None
+        inverse = w.dtype.type(1.0 / config.temperature)
+        _to_weights(w, top, inverse)  # (b, V) in [0, 1]: the most likely token's is 1, cut tokens' 0
         if config.top_p < 1:
-            order = np.argsort(-p, axis=1)  # (B, V), most likely first
-            sorted_p = np.take_along_axis(p, order, axis=1)
-            cum = np.cumsum(sorted_p, axis=1)
-            # keep a token while the mass before it is still short of top_p; the most likely always stays
-            drop = (cum - sorted_p) >= config.top_p * cum[:, -1:]
-            np.put_along_axis(p, order, np.where(drop, 0.0, sorted_p), axis=1)
-        np.cumsum(p, axis=1, out=p)
-        # inverse CDF: the first token whose cumulative mass exceeds u; zero-probability tokens never qualify
-        u = self.rng.random(len(p)) * p[:, -1]
-        np.less_equal(p, u[:, None], out=self._below)
-        return np.minimum(self._below.sum(axis=1), vocab - 1)
+            _keep_top_p(w, config.top_p, None if best is None else _to_weights(best, top, inverse))
+        return _draw(w, u)
+
+
+def _nothing_to_choose(row: int) -> ModelFileError:
+    return ModelFileError(
+        f"the model gave no usable logits for row {row} (all -inf or NaN besides <unk>'s): re-train the model"
+    )
+
+
+def _finite_max(w: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each row's largest logit, after NaN logits become -inf and a row with +inf logits keeps only those."""
+    top = w.max(axis=1)
+    if np.isfinite(top).all():
+        return top
+    for row in np.flatnonzero(np.isnan(top)):
+        values = w[row]
+        values[np.isnan(values)] = -np.inf
+        top[row] = values.max()
+    for row in np.flatnonzero(top == np.inf):
+        w[row] = np.where(w[row] == np.inf, 0.0, -np.inf)  # infinitely more likely than any finite logit
+        top[row] = 0.0
+    if (top == -np.inf).any():
+        raise _nothing_to_choose(int(rows[np.argmax(top == -np.inf)]))
+    return top
+
+
+def _to_weights(w: np.ndarray, top: np.ndarray, inverse: np.floating) -> np.ndarray:
+    """exp((w - top) / T) in place, in w's float type; candidates and their rows get identical weights."""
+    w -= top[:, None]
+    if inverse != 1:
+        w *= inverse
+    return np.exp(w, out=w)
+
+
+def _keep_top_k(w: np.ndarray, k: int) -> np.ndarray:
+    """Logits below each row's k-th largest become -inf (ties with the k-th stay); the k largest, (b, k)."""
+    vocab = w.shape[1]
+    best = np.partition(w, vocab - k, axis=1)[:, vocab - k :]  # a copy of w, then its k largest
+    np.putmask(w, w < best[:, :1], -np.inf)  # the partition puts the k-th largest first among them
+    return np.ascontiguousarray(best)
+
+
+def _keep_top_p(w: np.ndarray, p: float, candidates: np.ndarray | None) -> None:
+    """Weights below each row's top-p cut become 0: the smallest most-likely set with mass >= p (ties kept).
+
+    The cut lies among `candidates` (b, k), top-k's weights, where given; otherwise only the largest few weights
+    are sorted, and rows whose cut lies further down sort 8 times more, and so on.
+    """
+    batch, vocab = w.shape
+    target = p * w.sum(axis=1, dtype=np.float64)  # (b,)
+    if candidates is not None:  # past them, only ties with the k-th are left: the cut is the k-th
+        np.putmask(w, w < _cut(candidates, target, always=True)[:, None], 0.0)
+        return
+    cut = np.empty(batch, w.dtype)
+    todo, size = np.arange(batch), min(vocab, _TOP_P_FIRST)
+    while todo.size:
+        rows = w if todo.size == batch else w[todo]
+        if size < vocab:
+            rows = np.partition(rows, vocab - size, axis=1)[:, vocab - size :]  # (r, size), the largest
+        found = _cut(rows, target[todo], always=size == vocab)
+        done = ~np.isnan(found)
+        cut[todo[done]] = found[done]
+        todo, size = todo[~done], min(vocab, size * 8)
+    np.putmask(w, w < cut[:, None], 0.0)
+
+
+def _cut(weights: np.ndarray, target: np.ndarray, always: bool) -> np.ndarray:
+    """Per row, the weight at which the mass of `weights` (the row's largest), most likely first, reaches
+    `target`; NaN where it does not, unless `always`: then the smallest weight."""
+    best = np.sort(weights, axis=1)[:, ::-1]  # (r, n), most likely first
+    mass = np.cumsum(best, axis=1, dtype=np.float64)
+    first = (mass < target[:, None]).sum(axis=1)
+    found = best[np.arange(len(best)), np.minimum(first, best.shape[1] - 1)]
+    return found if always else np.where(first < best.shape[1], found, np.nan)
+
+
+def _draw(w: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse CDF per row: the first token whose cumulative weight exceeds u × the row's total weight.
+
+    Over `_CHUNK` tokens the cumulative sum is taken of chunk sums first, then inside the one chunk each row
+    lands in, so no (b, V) float64 array is made.
+    """
+    if w.shape[1] <= _CHUNK:
+        return _draw_in(w, u)
+    batch, vocab = w.shape
+    starts = np.arange(0, vocab, _CHUNK)
+    mass = np.add.reduceat(w, starts, axis=1, dtype=np.float64)  # (b, chunks)
+    chunk = _draw_in(mass, u)
+    rows = np.arange(batch)
+    cum = np.cumsum(mass, axis=1)  # as _draw_in summed it
+    before = np.where(chunk > 0, cum[rows, np.maximum(chunk - 1, 0)], 0.0)
+    inner = (u * _BELOW_ONE * cum[:, -1] - before) / mass[rows, chunk]  # where in its chunk the draw fell
+    inner = np.clip(inner, 0.0, 1.0)
+    cols = starts[chunk, None] + np.arange(_CHUNK)  # (b, _CHUNK)
+    inside = np.where(cols < vocab, w[rows[:, None], np.minimum(cols, vocab - 1)], 0.0)
+    return starts[chunk] + _draw_in(inside, inner)
+
+
+def _draw_in(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per row, the first index whose cumulative weight (float64) exceeds u × the total: never a weight of 0.
+
+    u < 1 is scaled by 1 - 2**-52, so that u × total stays below the total whatever the rounding.
+    """
+    cum = np.cumsum(weights, axis=1, dtype=np.float64)
+    target = u * _BELOW_ONE * cum[:, -1]
+    return (cum <= target[:, None]).sum(axis=1)
