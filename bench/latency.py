@@ -7,12 +7,21 @@ Models: the tutorials' char models (embedding 256, LSTM 1024 or GRU 1024, vocab 
 (embedding 64, hidden 256), with fresh random weights (speed does not depend on training). Each is exported
 through `rnnx.export.export_model`, fp32 and int8, exactly as `rnn-export` writes them.
 
-Every row runs the same loop: one step for the whole batch, the state carried, each row's greedy token fed
-back. Rows (CPU): torch eager; rnnx's generation loop (`Model.generator(...).step()`: graph call, greedy
-choice, detokenizing) fp32 and int8; the bare onnxruntime `session.run` of the same fp32 session rnnx holds,
-with an argmax (so the gap is rnnx's own overhead); and the memory floor: a numpy product of the state with
-every fp32 weight matrix one step reads. CUDA rows (torch eager, torch CUDA graph, rnnx with IOBinding and
-with CUDA graphs) run only where torch sees a GPU; otherwise they print "skipped: no CUDA".
+Generated tokens: every row runs the same loop, one step for the whole batch, the state carried, each row's
+greedy token fed back. Rows (CPU): torch eager; rnnx's generation loop (`Model.generator(...).step()`: graph
+call, greedy choice, detokenizing) fp32 and int8; the bare onnxruntime `session.run` of the same fp32 session
+rnnx holds, with an argmax (so the gap is rnnx's own overhead).
+
+Prompt tokens (batch 1, a prompt of PROMPT_TOKENS tokens read by `Model.generator`, per token): through the
+file's prompt path (one graph call), and step by step (the same weights in a file without the prompt path:
+one graph call per token, as before format version 2), fp32 and int8.
+
+The recurrent floor (batch 1): one onnxruntime MatMul of a [1, H] vector with the model's first recurrent
+weight matrix (W_hh, [H, gates·H]), fp32 and int8 (quantized as the export quantizes it): the bytes every step
+must read, in onnxruntime's own kernel. Rows are compared with the floor of their own weight format.
+
+CUDA rows (torch eager, torch CUDA graph, rnnx with IOBinding and with CUDA graphs) run only where torch sees a
+GPU; otherwise they print "skipped: no CUDA".
 """
 
 from __future__ import annotations
@@ -31,9 +40,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from rnnx.export import export_model
+from rnnx.export.quantize import quantize_int8
 from rnnx.runtime import Model, SamplingConfig, contract
+from rnnx.runtime.onnxfile import extract
 from rnnx.runtime.tokenizer import CharTokenizer
 from rnnx.trainer.checkpoint import save_model
 from rnnx.trainer.model import RNNLM, ModelConfig
@@ -45,7 +57,9 @@ MODELS = {
     "RNN 256 (small)": ModelConfig(cell="rnn", embed=64, hidden=256),
 }
 BATCHES = (1, 64)
-FLOOR = "numpy floor:"
+PROMPT_TOKENS = 256
+FLOOR = "recurrent floor"
+PROMPT_PATH, STEP_BY_STEP = "prompt path", "step by step"
 CUDA_ROWS = ("torch eager (CUDA)", "torch CUDA graph", "rnnx fp32, IOBinding (CUDA)", "rnnx fp32, CUDA graphs")
 
 StepLoop = Callable[[int], None]  # runs n steps
@@ -152,22 +166,58 @@ def bare_session_loop(model: Model, batch: int) -> StepLoop:
     return run
 
 
-def floor_loop(model: RNNLM, batch: int) -> tuple[StepLoop, int]:
-    """numpy over the fp32 weights one matmul-form step reads: W_hh of every layer, W_ih above layer 1, head."""
-    params = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    cfg = model.config
-    mats = [params[f"rnn.weight_hh_l{k}"].T.copy() for k in range(cfg.layers)]
-    mats += [params[f"rnn.weight_ih_l{k}"].T.copy() for k in range(1, cfg.layers)]
-    mats.append(params["head.weight"].T.copy())
-    x = np.ones((batch, cfg.hidden), np.float32)
-    outs = [np.empty((batch, m.shape[1]), np.float32) for m in mats]
+def prompt_loop(model: Model) -> StepLoop:
+    """Read a prompt of PROMPT_TOKENS tokens into a fresh run, n times; what `loop(n)` costs is n prompts."""
+    prompt = "".join(chr(33 + (i * 7) % 64) for i in range(PROMPT_TOKENS))
+    sampling = SamplingConfig(max_new_tokens=0)
+
+    def loop(n: int) -> None:
+        for _ in range(n):
+            with model.generator([prompt], sampling):
+                pass
+
+    return loop
+
+
+def floor_session(model: RNNLM, weights: str, threads: int) -> tuple[ort.InferenceSession, int]:
+    """One MatMul of [1, H] with W_hhᵀ of the first layer ([H, gates·H]), in `weights` ("fp32" or "int8")."""
+    w = model.state_dict()["rnn.weight_hh_l0"].detach().numpy().T.copy()
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="floor_mm")],
+        "floor",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, w.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w.shape[1]])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    opsets = [helper.make_opsetid("", contract.DEFAULT_OPSET)]
+    proto = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+    nbytes = w.nbytes
+    if weights == "int8":
+        info = contract.ModelInfo(cell="rnn", layers=1, hidden=1, vocab_size=1, tokenizer={}, weights="int8")
+        proto = quantize_int8(proto, info)  # the node is not the output layer's, so it is quantized
+        nbytes = w.size
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"]), nbytes
+
+
+def floor_loop(session: ort.InferenceSession, hidden: int) -> StepLoop:
+    feeds = {"x": np.ones((1, hidden), np.float32)}
 
     def run(n: int) -> None:
         for _ in range(n):
-            for m, out in zip(mats, outs):
-                np.matmul(x, m, out=out)
+            session.run(None, feeds)
 
-    return run, sum(m.nbytes for m in mats)
+    return run
+
+
+def step_only_copy(path: Path) -> Path:
+    """The same file without its prompt path: prompts are then read one step per token."""
+    model = Model(path, provider="cpu")
+    out = path.with_name(path.stem + "-steps.onnx")
+    out.write_bytes(extract(path.read_bytes(), contract.step_outputs(model.info.cell), str(path)))
+    return out
 
 
 def cuda_available() -> bool:
@@ -194,13 +244,22 @@ def bench_model(name: str, cfg: ModelConfig, workdir: Path, threads: int, second
             ("bare onnxruntime session.run, fp32", bare_session_loop(fp32, batch)),
             ("rnnx int8 (CPU), generation loop", rnnx_loop(int8, batch)),
         ]
-        if batch == 1:  # a matrix-vector floor; at batch 64 the step is arithmetic, not memory, bound
-            floor, floor_bytes = floor_loop(model, batch)
-            cases.append((f"{FLOOR} x·W over {floor_bytes / 2**20:.1f} MiB fp32", floor))
+        per = [1] * len(cases)  # tokens per loop unit
+        if batch == 1:  # prompts and the floor; at batch 64 the step is arithmetic, not memory, bound
+            for weights, path, loaded in (("fp32", fp32_path, fp32), ("int8", int8_path, int8)):
+                steps_only = Model(step_only_copy(path), provider="cpu", threads=threads)
+                cases.append((f"rnnx {weights} prompt, {PROMPT_PATH} (per prompt token)", prompt_loop(loaded)))
+                cases.append((f"rnnx {weights} prompt, {STEP_BY_STEP} (per prompt token)", prompt_loop(steps_only)))
+                per += [PROMPT_TOKENS, PROMPT_TOKENS]
+                session, nbytes = floor_session(model, weights, threads)
+                cases.append(
+                    (f"{FLOOR} {weights}: [1, H]·W_hh, {nbytes / 2**20:.1f} MiB", floor_loop(session, cfg.hidden))
+                )
+                per.append(1)
         micros = timed_together([loop for _, loop in cases], seconds * len(cases))
-        for (what, _), value in zip(cases, micros):
-            rows.append(Row(name, batch, what, value))
-            print(f"  {name} batch {batch}: {what}: {value:.0f} µs", flush=True)
+        for (what, _), value, tokens in zip(cases, micros, per):
+            rows.append(Row(name, batch, what, value / tokens))
+            print(f"  {name} batch {batch}: {what}: {value / tokens:.1f} µs", flush=True)
         rows += cuda_rows(name, model, fp32_path, batch, seconds)
     return rows
 
@@ -286,29 +345,43 @@ def table(rows: list[Row]) -> str:
             continue
         same = [r for r in rows if (r.model, r.batch) == (row.model, row.batch) and r.micros is not None]
         eager = next(r.micros for r in same if r.what.startswith("torch eager (CPU)"))
-        floor = next((r.micros for r in same if r.what.startswith(FLOOR)), None)
+        weights = "int8" if "int8" in row.what else "fp32"
+        floor = next((r.micros for r in same if r.what.startswith(f"{FLOOR} {weights}")), None)
         tokens_per_s = row.batch * 1e6 / row.micros
-        vs_floor = f"{row.micros / floor:.2f}" if floor else "—"
+        vs_floor = f"{row.micros / floor:.2f}" if floor and "torch" not in row.what else "—"
         lines.append(
-            f"| {row.model} | {row.batch} | {row.what} | {row.micros:.0f} | {tokens_per_s:,.0f} | "
+            f"| {row.model} | {row.batch} | {row.what} | {row.micros:.1f} | {tokens_per_s:,.0f} | "
             f"{row.micros / eager:.2f} | {vs_floor} |"
         )
     return "\n".join(lines)
 
 
 def targets(rows: list[Row]) -> str:
-    """The issue's CPU targets at batch 1, LSTM 1024, each with the measured value and met / missed."""
-    at = {r.what: r.micros for r in rows if r.model == "LSTM 1024" and r.batch == 1 and r.micros}
-    rnnx, bare = at["rnnx fp32 (CPU), generation loop"], at["bare onnxruntime session.run, fp32"]
-    int8 = at["rnnx int8 (CPU), generation loop"]
-    eager = at["torch eager (CPU)"]
-    floor = next(v for k, v in at.items() if k.startswith(FLOOR))
+    """The issues' CPU targets at batch 1, each with the measured value and met / missed."""
+    at = {(r.model, r.what): r.micros for r in rows if r.batch == 1 and r.micros}
+
+    def get(model: str, start: str) -> float:
+        return next(v for (m, what), v in at.items() if m == model and what.startswith(start))
+
+    lstm = "LSTM 1024"
+    rnnx, bare = get(lstm, "rnnx fp32 (CPU), generation"), get(lstm, "bare onnxruntime")
+    int8, eager = get(lstm, "rnnx int8 (CPU), generation"), get(lstm, "torch eager (CPU)")
     checks = [
-        ("rnnx fp32 ≤ 0.3× torch eager", rnnx / eager, rnnx / eager <= 0.3),
-        ("rnnx fp32 ≤ 1.3× floor", rnnx / floor, rnnx / floor <= 1.3),
-        ("rnnx overhead over the bare session ≤ 10%", rnnx / bare - 1, rnnx / bare <= 1.1),
-        ("int8 ≥ 1.8× faster than fp32", rnnx / int8, rnnx / int8 >= 1.8),
+        ("LSTM 1024: rnnx fp32 ≤ 0.3× torch eager", rnnx / eager, rnnx / eager <= 0.3),
+        ("LSTM 1024: rnnx overhead over the bare session ≤ 10%", rnnx / bare - 1, rnnx / bare <= 1.1),
+        ("LSTM 1024: int8 ≥ 1.8× faster than fp32", rnnx / int8, rnnx / int8 >= 1.8),
     ]
+    small = "RNN 256 (small)"
+    for weights in ("fp32", "int8"):
+        gain = get(small, f"rnnx {weights} prompt, {STEP_BY_STEP}") / get(
+            small, f"rnnx {weights} prompt, {PROMPT_PATH}"
+        )
+        checks.append(
+            (f"RNN 256: {weights} prompt path ≥ 4× faster per prompt token than step by step", gain, gain >= 4)
+        )
+    for weights in ("fp32", "int8"):
+        ratio = get(lstm, f"rnnx {weights} prompt, {PROMPT_PATH}") / get(lstm, f"{FLOOR} {weights}")
+        checks.append((f"LSTM 1024: {weights} prompt path per token ≤ 1.15× its recurrent floor", ratio, ratio <= 1.15))
     return "\n".join(f"- {what}: {value:.2f} — {'met' if ok else 'MISSED'}" for what, value, ok in checks)
 
 
@@ -344,10 +417,7 @@ def main() -> None:
             rows += bench_model(name, cfg, Path(tmp), args.threads, args.seconds)
     cuda_note = "" if cuda_available() else f"\nCUDA rows ({'; '.join(CUDA_ROWS)}): skipped: no CUDA\n"
     note = load_note(before, cpu_times(), own_cpu_seconds(own_before))
-    report = (
-        f"Machine: {machine()}.{note}\n\n{table(rows)}\n{cuda_note}\n"
-        f"Targets (CPU, batch 1, LSTM 1024):\n{targets(rows)}\n"
-    )
+    report = f"Machine: {machine()}.{note}\n\n{table(rows)}\n{cuda_note}\nTargets (CPU, batch 1):\n{targets(rows)}\n"
     print("\n" + report)
     if args.markdown:
         write_between_markers(args.markdown, report)

@@ -21,7 +21,12 @@ app = make_app("Generate text from an exported rnnx .onnx model, streamed as it 
 def main(
     seed: Annotated[str, typer.Option(help="Prompt text the generated text continues.")],
     length: Annotated[
-        int, typer.Option("--len", help="Total length in tokens (characters or words), the seed included.")
+        int,
+        typer.Option(
+            "--len",
+            help="Total length, the seed included: characters for a char model; words for a word model "
+            "(punctuation rides along, not counted).",
+        ),
     ] = 100,
     model: Annotated[Path, typer.Option(help="Exported .onnx file.")] = Path("artifacts/default/model.onnx"),
     temperature: Annotated[float, typer.Option(help="0 is greedy; higher is more random.")] = 0.0,
@@ -37,7 +42,7 @@ def main(
     provider: Annotated[str, typer.Option(help="Execution provider: auto, cpu or cuda.")] = "auto",
     threads: Annotated[int, typer.Option(help="onnxruntime CPU threads; 0 lets it choose.")] = 0,
 ) -> None:
-    """Print SEED followed by generated text, LEN tokens in all (fewer when a stop text is reached)."""
+    """Print SEED followed by generated text, LEN characters or words in all (fewer when a stop text is reached)."""
     with user_errors():
         from rnnx.runtime import Model, SamplingConfig
 
@@ -50,11 +55,14 @@ def main(
             rng_seed=rng_seed,
         )
         loaded = Model(model, provider=provider, threads=threads)
-        sampling = replace(sampling, max_new_tokens=loaded.new_tokens_for_length(seed, length))
+        words = loaded.tokenizer.kind == "word"
+        count = loaded.new_tokens_for_length(seed, length, words=words)
+        if not words:
+            sampling = replace(sampling, max_new_tokens=count)
         out = sys.stdout
         out.write(seed)
         out.flush()
-        for piece in loaded.stream(seed, sampling=sampling):
+        for piece in loaded.stream(seed, sampling=sampling, max_new_words=count if words else None):
             out.write(piece)
             out.flush()
         out.write("\n")

@@ -8,8 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnx.export.graph import DEFAULT_FORM, FORMS, build_step_graph
+from rnnx.export.matmul_graph import add_prompt_path
 from rnnx.export.quantize import int8_weight_count, quantize_int8
-from rnnx.export.verify import int8_divergence, verify_step_graph
+from rnnx.export.verify import (
+    check_graph,
+    int8_divergence,
+    steps_reference,
+    torch_reference,
+    verify_prompt_path,
+    verify_step_graph,
+)
 from rnnx.runtime.contract import DEFAULT_OPSET, WEIGHT_FORMATS, ModelInfo, check_opset
 from rnnx.runtime.errors import UsageError
 from rnnx.trainer.checkpoint import load_model, write_atomic
@@ -27,6 +35,7 @@ class ExportResult:
     weights: str = "fp32"
     int8_kl: float | None = None  # int8 only: mean KL(fp32 ‖ int8), nats/token (see verify.int8_divergence)
     int8_tensors: int = 0  # int8 only: how many weight matrices are stored as int8
+    prompt_diff: float | None = None  # the prompt path vs torch (fp32) or vs the file's step path (int8)
 
 
 def _check_options(output: Path, opset: int, quantize: str | None, form: str) -> str:
@@ -50,28 +59,39 @@ def export_model(
     quantize: str | None = None,
     form: str = DEFAULT_FORM,
 ) -> ExportResult:
-    """Build, check and verify the step graph of the model in `model_dir`, then write it atomically.
+    """Build, check and verify the graph of the model in `model_dir`, then write it atomically.
 
-    `quantize="int8"` stores the recurrent weights as int8 (CPU speed); the fp32 graph is verified against
-    torch first, then the int8 graph against the fp32 one (verify.int8_divergence). A failed check writes nothing.
+    The step path is verified against torch; in the matmul form the prompt path is added and verified too.
+    `quantize="int8"` stores the recurrent weights as int8 (CPU speed); the fp32 step path is verified against
+    torch first, then the int8 one against fp32 (verify.int8_divergence), and the int8 prompt path against the
+    int8 step path. A failed check writes nothing.
     """
     output = output or model_dir / ONNX_NAME
     weights = _check_options(output, opset, quantize, form)
     model, tokenizer, _ = load_model(model_dir)
+    cell = model.config.cell
     proto = build_step_graph(model, tokenizer, opset, form)
     worst = verify_step_graph(proto, model)
     kl, int8_tensors = None, 0
+    reference = torch_reference(model)
     if weights == "int8":
         meta = {p.key: p.value for p in proto.metadata_props}
         info = dataclasses.replace(ModelInfo.from_metadata(meta, str(output)), weights="int8")
         fp32 = proto
         proto = quantize_int8(fp32, info)
-        kl = int8_divergence(proto, fp32, model.config.cell)
+        kl = int8_divergence(proto, fp32, cell)
         int8_tensors = int8_weight_count(proto)
+    prompt_diff = None
+    if form == "matmul":
+        proto = add_prompt_path(proto, cell, model.config.layers)
+        check_graph(proto)
+        if weights == "int8":
+            reference = steps_reference(proto, cell)
+        prompt_diff = verify_prompt_path(proto, reference, cell, model.config.vocab_size)
     data = proto.SerializeToString()
     write_atomic(output, data)
     log.info("wrote %s (%d bytes, %s), max |Δlogit| vs torch %.2e", output, len(data), weights, worst)
-    return ExportResult(output, worst, len(data), weights, kl, int8_tensors)
+    return ExportResult(output, worst, len(data), weights, kl, int8_tensors, prompt_diff)
 
 
 __all__ = ["ExportResult", "export_model"]

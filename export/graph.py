@@ -16,7 +16,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from rnnx.export.matmul_graph import build_matmul_body
+from rnnx.export.matmul_graph import add_prompt_path, build_matmul_body
 from rnnx.runtime import contract
 from rnnx.runtime.errors import UsageError
 from rnnx.runtime.tokenizer import Tokenizer
@@ -139,4 +139,12 @@ def build_step_graph(model: RNNLM, tokenizer: Tokenizer, opset: int, form: str =
         cell=cell, layers=layers, hidden=hidden, vocab_size=cfg.vocab_size, tokenizer=tokenizer.to_dict()
     )
     helper.set_model_props(proto, info.to_metadata())
+    return proto
+
+
+def build_model_graph(model: RNNLM, tokenizer: Tokenizer, opset: int, form: str = DEFAULT_FORM) -> onnx.ModelProto:
+    """What rnn-export writes: the step graph, plus the prompt path in the matmul form (see contract)."""
+    proto = build_step_graph(model, tokenizer, opset, form)
+    if form == "matmul":
+        proto = add_prompt_path(proto, model.config.cell, model.config.layers)
     return proto

@@ -13,7 +13,7 @@ quantization only rewrites MatMul (and LSTM), so GRU and vanilla RNN need this f
 from __future__ import annotations
 
 import numpy as np
-from onnx import NodeProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from rnnx.runtime import contract
 
@@ -164,3 +164,105 @@ def build_matmul_body(
             unsq = [b.op("Unsqueeze", [p, axes0], f"{p}_3d")[0] for p in parts]  # (1, B, H) each
             b.op("Concat", unsq, out_name, axis=0)
     return b.nodes, b.inits
+
+
+# -- the prompt path ---------------------------------------------------------------------------------------------
+#
+#     prompt [B, T] --Gather(table_0)--> x_gates [B, T, G*H]
+#     Scan over T (body: the step graph's layer nodes, carrying each layer's [B, H] state) -> final states
+#     prompt_logits = top layer's final h · head.weightᵀ + head.bias;  prompt_h_next / prompt_c_next [L, B, H]
+#
+# The body is cut out of the finished step graph (fp32 or int8) and reads its weights from the outer graph by
+# name, so the two paths share every weight and compute each step with the very same nodes.
+
+PROMPT_SCOPE = "prompt/"
+
+
+def _new_state_names(cell: str, layers: int) -> dict[str, list[str]]:
+    """The per-layer [B, H] names the layer builders above give each layer's new state."""
+    names = {contract.H: [f"h_new_{k}" for k in range(layers)]}
+    if cell == "lstm":
+        names[contract.C] = [f"c_new_{k}" for k in range(layers)]
+    return names
+
+
+def _nodes_between(nodes: list[NodeProto], sources: set[str], targets: list[str]) -> list[NodeProto]:
+    """The nodes that compute `targets` from `sources` (and initializers), in graph order."""
+    producer = {out: node for node in nodes for out in node.output}
+    needed, stack = set(), list(targets)
+    while stack:
+        name = stack.pop()
+        node = producer.get(name)
+        if name in sources or node is None or id(node) in needed:
+            continue
+        needed.add(id(node))
+        stack.extend(node.input)
+    return [node for node in nodes if id(node) in needed]
+
+
+def add_prompt_path(proto: ModelProto, cell: str, layers: int) -> ModelProto:
+    """A copy of the MatMul-form step graph `proto` with the prompt path added beside the step path."""
+    out = ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    inits = {t.name for t in graph.initializer}
+    state_in = contract.state_inputs(cell)
+    per_layer = {name: [f"{name}_{k}" for k in range(layers)] for name in state_in}  # as build_matmul_body splits
+    new_state = _new_state_names(cell, layers)
+    carried = [n for name in state_in for n in per_layer[name]]
+    finals = [n for name in state_in for n in new_state[name]]
+    body_nodes = _nodes_between(list(graph.node), {"x_gates", *carried}, finals)
+    inner = {o for node in body_nodes for o in node.output} | {"x_gates", *carried}
+
+    def scoped(name: str) -> str:
+        return PROMPT_SCOPE + name if name in inner else name  # weights keep their outer names
+
+    copies = []
+    for node in body_nodes:
+        copy = NodeProto()
+        copy.CopyFrom(node)
+        copy.name = PROMPT_SCOPE + node.name
+        copy.input[:] = [scoped(i) for i in node.input]
+        copy.output[:] = [scoped(o) for o in node.output]
+        copies.append(copy)
+    hidden = next(d.dim_value for d in graph.input[1].type.tensor_type.shape.dim[2:])
+    gate_width = next(t for t in graph.initializer if t.name == "table_0").dims[1]
+    row = [contract.BATCH_AXIS, hidden]
+    body = helper.make_graph(
+        copies,
+        "rnnx_prompt_step",
+        inputs=[helper.make_tensor_value_info(scoped(n), TensorProto.FLOAT, row) for n in carried]
+        + [helper.make_tensor_value_info(scoped("x_gates"), TensorProto.FLOAT, [contract.BATCH_AXIS, gate_width])],
+        outputs=[helper.make_tensor_value_info(scoped(n), TensorProto.FLOAT, row) for n in finals],
+    )
+    b = _Builder()
+    b.op("Gather", ["table_0", contract.PROMPT], "prompt_x_gates", axis=0)  # (B, T, G*H)
+    ends = [f"prompt_{n}" for n in finals]
+    b.op("Scan", [*carried, "prompt_x_gates"], ends, num_scan_inputs=1, scan_input_axes=[1], body=body)
+    head = next(n for n in graph.node if n.name == HEAD_MATMUL)
+    head_add = next(n for n in graph.node if contract.LOGITS in n.output)
+    top = ends[len(new_state[contract.H]) - 1]
+    b.op(head.op_type, [top, head.input[1]], "prompt_head_mm")
+    b.op(head_add.op_type, ["prompt_head_mm", head_add.input[1]], contract.PROMPT_LOGITS)
+    axes0 = "axes0" if "axes0" in inits else b.const("prompt_axes0", np.asarray([0], np.int64))
+    outputs = dict(zip(state_in, contract.prompt_state_outputs(cell)))
+    for name in state_in:
+        parts = [f"prompt_{n}" for n in new_state[name]]
+        if layers == 1:
+            b.op("Unsqueeze", [parts[0], axes0], outputs[name])
+        else:
+            unsq = [b.op("Unsqueeze", [p, axes0], f"{p}_3d")[0] for p in parts]
+            b.op("Concat", unsq, outputs[name], axis=0)
+    graph.node.extend(b.nodes)
+    graph.initializer.extend(b.inits)
+    vocab = graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    state_shape = [layers, contract.BATCH_AXIS, hidden]
+    graph.input.append(
+        helper.make_tensor_value_info(contract.PROMPT, TensorProto.INT64, [contract.BATCH_AXIS, contract.LENGTH_AXIS])
+    )
+    graph.output.append(
+        helper.make_tensor_value_info(contract.PROMPT_LOGITS, TensorProto.FLOAT, [contract.BATCH_AXIS, vocab])
+    )
+    for name in contract.prompt_state_outputs(cell):
+        graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, state_shape))
+    return out

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 
 from rnnx.runtime import contract
-from rnnx.runtime.errors import ExportCheckError
+from rnnx.runtime.errors import ExportCheckError, ModelFileError
+from rnnx.runtime.onnxfile import extract
 from rnnx.runtime.tokenizer import UNK_ID
 from rnnx.trainer.model import RNNLM
 
 STEPS = 128
 BATCHES = (1, 3)
+PROMPT_CHUNKS = (1, 7, 56, 64)  # prompt lengths fed one after another, state carried: 128 tokens in all
 TOLERANCE = 1e-4  # max |logit difference| between torch and onnxruntime
 # int8 cannot meet TOLERANCE; it must instead stay within this much extra loss (nats/token) of fp32
 KL_LIMIT = 0.02
@@ -27,16 +31,9 @@ def verify_step_graph(
     Both are fed the tokens torch picks; the logits must agree within TOLERANCE and onnxruntime's greedy
     picks must equal torch's. Returns the largest difference seen; raises ExportCheckError otherwise.
     """
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportCheckError(f"the exported graph fails onnx.checker: {exc}") from None
-    try:
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own exception types
-        raise ExportCheckError(f"onnxruntime cannot load the exported graph: {exc}") from None
-
+    check_graph(proto)
     cell, vocab = model.config.cell, model.config.vocab_size
+    session = path_session(proto, contract.step_outputs(cell))
     outputs = [contract.LOGITS, *contract.state_outputs(cell)]
     worst = 0.0
     model = model.eval()
@@ -66,6 +63,85 @@ def verify_step_graph(
     return worst
 
 
+def check_graph(proto: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportCheckError(f"the exported graph fails onnx.checker: {exc}") from None
+
+
+def has_prompt_path(proto: onnx.ModelProto) -> bool:
+    return any(o.name == contract.PROMPT_LOGITS for o in proto.graph.output)
+
+
+def path_session(proto: onnx.ModelProto, outputs: tuple[str, ...]) -> ort.InferenceSession:
+    """A CPU session over the part of `proto` that computes `outputs` (one path, as the runtime opens it)."""
+    try:
+        data = extract(proto.SerializeToString(), outputs, "the exported graph")
+        return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except (ModelFileError, Exception) as exc:  # onnxruntime's own exception types
+        raise ExportCheckError(f"onnxruntime cannot load the exported graph: {exc}") from None
+
+
+Reference = Callable[[np.ndarray, tuple], tuple[np.ndarray, tuple]]  # (tokens [B, T], state) -> (logits, state)
+
+
+def verify_prompt_path(proto: onnx.ModelProto, reference: Reference, cell: str, vocab: int) -> float:
+    """Feed prompts of the lengths in PROMPT_CHUNKS one after another (state carried), batch 1 and 3, and
+    compare the prompt path's logits and state after each with `reference`, which reads the same tokens
+    another way (torch for fp32; the file's own step path for int8). Returns the largest difference; raises
+    ExportCheckError past TOLERANCE."""
+    session = path_session(proto, contract.prompt_outputs(cell))
+    h = next(i for i in session.get_inputs() if i.name == contract.H)
+    layers, hidden = h.shape[0], h.shape[2]
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for batch in BATCHES:
+        state = tuple(np.zeros((layers, batch, hidden), np.float32) for _ in contract.state_inputs(cell))
+        for length in PROMPT_CHUNKS:
+            tokens = rng.integers(1, vocab, (batch, length), dtype=np.int64)
+            want_logits, want_state = reference(tokens, state)
+            feeds = {contract.PROMPT: tokens, **dict(zip(contract.state_inputs(cell), state))}
+            got_logits, *got_state = session.run(list(contract.prompt_outputs(cell)), feeds)
+            diffs = [np.max(np.abs(got_logits - want_logits))]
+            diffs += [np.max(np.abs(g - w)) for g, w in zip(got_state, want_state)]
+            diff = float(max(diffs))
+            worst = max(worst, diff)
+            if not diff <= TOLERANCE:
+                raise ExportCheckError(
+                    f"the prompt path disagrees after a prompt of {length} tokens (batch {batch}): max |Δ| "
+                    f"{diff:.2e} > {TOLERANCE:.0e}; nothing was written"
+                )
+            state = tuple(got_state)
+    return worst
+
+
+def torch_reference(model: RNNLM) -> Reference:
+    """`reference` for verify_prompt_path: torch reads the tokens."""
+    model = model.eval()
+
+    def run(tokens: np.ndarray, state: tuple) -> tuple[np.ndarray, tuple]:
+        torch_state = tuple(torch.from_numpy(s) for s in state)
+        with torch.no_grad():
+            logits, torch_state = model(torch.from_numpy(tokens), torch_state)  # (B, T, V)
+        return logits[:, -1].numpy(), tuple(s.numpy().copy() for s in torch_state)
+
+    return run
+
+
+def steps_reference(proto: onnx.ModelProto, cell: str) -> Reference:
+    """`reference` for verify_prompt_path: the file's own step path, one token at a time."""
+    session = path_session(proto, contract.step_outputs(cell))
+
+    def run(tokens: np.ndarray, state: tuple) -> tuple[np.ndarray, tuple]:
+        for t in range(tokens.shape[1]):
+            feeds = {contract.TOKENS: tokens[:, t].copy(), **dict(zip(contract.state_inputs(cell), state))}
+            logits, *state = session.run(list(contract.step_outputs(cell)), feeds)
+        return logits, tuple(state)
+
+    return run
+
+
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -84,12 +160,7 @@ def int8_divergence(
         onnx.checker.check_model(int8, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportCheckError(f"the quantized graph fails onnx.checker: {exc}") from None
-    sessions = []
-    for proto in (fp32, int8):
-        try:
-            sessions.append(ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]))
-        except Exception as exc:  # onnxruntime's own exception types
-            raise ExportCheckError(f"onnxruntime cannot load the quantized graph: {exc}") from None
+    sessions = [path_session(proto, contract.step_outputs(cell)) for proto in (fp32, int8)]
     rng = np.random.default_rng(seed)
     outputs = [contract.LOGITS, *contract.state_outputs(cell)]
     inputs = [i for i in sessions[0].get_inputs() if i.name != contract.TOKENS]

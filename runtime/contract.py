@@ -1,13 +1,21 @@
 """The ONNX contract shared by rnnx.export (which writes it) and rnnx.runtime (which reads it).
 
-Step graph, one token per call:
+One graph, two paths that read the same state inputs. The step path, one token per call:
 
     tokens  int64   [batch]                    ->  logits  float32 [batch, vocab]
     h       float32 [layers, batch, hidden]    ->  h_next  float32 [layers, batch, hidden]
     c       float32 [layers, batch, hidden]    ->  c_next  float32 [layers, batch, hidden]   (LSTM only)
 
-`batch` is a dynamic axis. Everything needed to run the file alone travels in `metadata_props`
-under the keys below; nothing else spells these names.
+The prompt path (format version 2), a whole sequence per call, for prompts and scoring-free prefill:
+
+    prompt  int64   [batch, length]            ->  prompt_logits  float32 [batch, vocab]   (after the last token)
+    h, c    as above                           ->  prompt_h_next, prompt_c_next  as h_next, c_next
+
+`batch` and `length` are dynamic axes; `length` is at least 1 (onnxruntime's Scan refuses empty sequences).
+onnxruntime runs every node of a graph whatever outputs are asked for, so the runtime
+opens each path as a session of its own (`onnxfile.extract`). A file without the prompt outputs (format
+version 1, or a graph in the op form) runs prompts step by step. Everything needed to run the file alone
+travels in `metadata_props` under the keys below; nothing else spells these names.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from typing import Any
 
 from rnnx.runtime.errors import ModelFileError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: the step path only; 2: may carry the prompt path
 # Every op we emit (LSTM/GRU/RNN-14, Gather/Gemm/Concat-13, Squeeze/Unsqueeze/Split-13+) exists from
 # opset 14; 23 is the newest onnxruntime 1.20+ runs for all of them.
 OPSET_MIN, OPSET_MAX = 14, 23
@@ -30,7 +38,11 @@ TOKENS = "tokens"
 H, C = "h", "c"
 LOGITS = "logits"
 H_NEXT, C_NEXT = "h_next", "c_next"
+PROMPT = "prompt"
+PROMPT_LOGITS = "prompt_logits"
+PROMPT_H_NEXT, PROMPT_C_NEXT = "prompt_h_next", "prompt_c_next"
 BATCH_AXIS = "batch"
+LENGTH_AXIS = "length"
 
 META_FORMAT = "rnnx.format_version"
 META_CELL = "rnnx.cell"
@@ -58,6 +70,18 @@ def state_outputs(cell: str) -> tuple[str, ...]:
     return (H_NEXT, C_NEXT) if cell == "lstm" else (H_NEXT,)
 
 
+def prompt_state_outputs(cell: str) -> tuple[str, ...]:
+    return (PROMPT_H_NEXT, PROMPT_C_NEXT) if cell == "lstm" else (PROMPT_H_NEXT,)
+
+
+def step_outputs(cell: str) -> tuple[str, ...]:
+    return (LOGITS, *state_outputs(cell))
+
+
+def prompt_outputs(cell: str) -> tuple[str, ...]:
+    return (PROMPT_LOGITS, *prompt_state_outputs(cell))
+
+
 def check_opset(opset: int) -> int:
     from rnnx.runtime.errors import UsageError
 
@@ -77,6 +101,7 @@ class ModelInfo:
     tokenizer: dict[str, Any]
     producer: str = "rnnx"
     weights: str = "fp32"  # one of WEIGHT_FORMATS
+    format_version: int = FORMAT_VERSION
 
     @property
     def state_inputs(self) -> tuple[str, ...]:
@@ -98,14 +123,22 @@ class ModelInfo:
             META_WEIGHTS: self.weights,
         }
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of one row's recurrent state."""
+        return len(self.state_inputs) * self.layers * self.hidden * 4
+
     @classmethod
-    def from_metadata(cls, meta: dict[str, str], source: str) -> ModelInfo:
+    def from_metadata(cls, meta: dict[str, str], source: str, file_bytes: int | None = None) -> ModelInfo:
+        """Read and check the metadata; `file_bytes` (the file's size) bounds every size it claims."""
         if META_FORMAT not in meta:
             raise ModelFileError(f"{source} has no rnnx metadata: export it with rnn-export")
         try:
             version = int(meta[META_FORMAT])
         except ValueError:
             raise ModelFileError(f"{source}: unreadable {META_FORMAT} {meta[META_FORMAT]!r}") from None
+        if version < 1:
+            raise ModelFileError(f"{source}: unreadable {META_FORMAT} {meta[META_FORMAT]!r}")
         if version > FORMAT_VERSION:
             raise ModelFileError(
                 f"{source} has rnnx format version {version}, newer than this runtime reads "
@@ -120,15 +153,18 @@ class ModelInfo:
         try:
             info = cls(
                 cell=meta[META_CELL],
-                layers=int(meta[META_LAYERS]),
-                hidden=int(meta[META_HIDDEN]),
-                vocab_size=int(meta[META_VOCAB_SIZE]),
+                layers=_size(meta[META_LAYERS]),
+                hidden=_size(meta[META_HIDDEN]),
+                vocab_size=_size(meta[META_VOCAB_SIZE]),
                 tokenizer=json.loads(meta[META_TOKENIZER]),
                 producer=meta[META_PRODUCER],
                 weights=meta.get(META_WEIGHTS, "fp32"),
+                format_version=version,
             )
         except (ValueError, TypeError) as exc:
             raise ModelFileError(f"{source} has malformed rnnx metadata ({exc}): re-export it") from None
+        except RecursionError:
+            raise ModelFileError(f"{source}: the tokenizer metadata is nested too deeply: re-export it") from None
         if info.weights not in WEIGHT_FORMATS:
             raise ModelFileError(
                 f"{source} stores its weights as {info.weights!r}, which this runtime does not know "
@@ -136,4 +172,21 @@ class ModelInfo:
             )
         if info.cell not in CELLS or min(info.layers, info.hidden, info.vocab_size) < 1:
             raise ModelFileError(f"{source} has inconsistent rnnx metadata: re-export it")
+        # Every layer stores at least a hidden x hidden recurrent matrix (1 byte a weight at int8), and every
+        # vocabulary entry at least a byte of metadata: sizes the file cannot hold are lies, refused before
+        # anything is allocated from them.
+        if file_bytes is not None and (
+            info.layers * info.hidden * info.hidden > file_bytes or info.vocab_size > file_bytes
+        ):
+            raise ModelFileError(
+                f"{source} claims {info.layers} layers of {info.hidden} units and {info.vocab_size} tokens, "
+                f"more than its {file_bytes} bytes can hold: refusing it"
+            )
         return info
+
+
+def _size(text: str) -> int:
+    """A positive decimal size as the exporter writes it ("256"), nothing else ("2.5e3", "0x10", " 7")."""
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise ValueError(f"{text[:20]!r} is not a size")
+    return int(text)

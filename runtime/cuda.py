@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
 from rnnx.runtime import contract
-from rnnx.runtime.steps import State
+from rnnx.runtime.steps import PromptReader, State, feed_rows
 
 DEVICE = "cuda"
-NO_GRAPH = "-1"  # gpu_graph_id for runs that must not be captured (prompt ingestion, Model.step)
+NO_GRAPH = "-1"  # gpu_graph_id for runs that must not be captured (Model.step)
 
 
 def _device_zeros(shape: tuple[int, ...], dtype: type, device: str) -> ort.OrtValue:
@@ -44,6 +44,7 @@ class CudaSteps:
         session: ort.InferenceSession,
         info: contract.ModelInfo,
         batch: int,
+        reader: PromptReader,
         *,
         graph_ids: tuple[int, int] | None = None,
         lock: threading.Lock | None = None,
@@ -52,6 +53,7 @@ class CudaSteps:
     ) -> None:
         self.batch = batch
         self._session = session
+        self._reader = reader
         self._lock = lock or contextlib.nullcontext()
         self._on_close = on_close
         self.lent = True  # False once closed: a pooled set is lent again by GraphPool.acquire
@@ -84,6 +86,9 @@ class CudaSteps:
             for buffer, value in zip(self._states[self._current], state):
                 buffer.update_inplace(np.ascontiguousarray(value, np.float32))
 
+    def feed(self, rows: Sequence[int], tokens: np.ndarray, start: State | None = None) -> np.ndarray:
+        return feed_rows(self, self._reader, rows, tokens, start)  # prompts are read outside the captured graphs
+
     def run(self, token_ids: np.ndarray) -> np.ndarray:
         current = self._current
         with self._lock:
@@ -107,9 +112,17 @@ class CudaSteps:
 class GraphPool:
     """CUDA-graph buffer sets of one model, per batch size, each lent to one stream at a time."""
 
-    def __init__(self, session: ort.InferenceSession, info: contract.ModelInfo, device: str = DEVICE) -> None:
-        self.lock = threading.Lock()  # held by every CUDA call on this session (see the module docstring)
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        info: contract.ModelInfo,
+        reader: PromptReader,
+        device: str = DEVICE,
+        lock: threading.Lock | None = None,
+    ) -> None:
+        self.lock = lock or threading.Lock()  # held by every CUDA call on this session (see the module docstring)
         self._session = session
+        self._reader = reader
         self._info = info
         self._device = device
         self._free: dict[int, list[CudaSteps]] = {}
@@ -128,6 +141,7 @@ class GraphPool:
             self._session,
             self._info,
             batch,
+            self._reader,
             graph_ids=graph_ids,
             lock=self.lock,
             on_close=self._release,

@@ -1,4 +1,5 @@
-"""A loaded rnnx model: an onnxruntime session over the step graph plus the tokenizer from its metadata.
+"""A loaded rnnx model: onnxruntime sessions over the file's step path and prompt path, plus the tokenizer
+from its metadata.
 
     model = Model("artifacts/default/model.onnx")
     print(model.generate("good", 11))  # greedy, 11 new tokens
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,12 +22,14 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnx.runtime import contract
+from rnnx.runtime import snapshot as snapshots
 from rnnx.runtime.errors import ModelFileError, UsageError
 from rnnx.runtime.generator import Generator, collect
-from rnnx.runtime.onnxfile import read_metadata, read_model_bytes
+from rnnx.runtime.onnxfile import MAX_MODEL_BYTES, extract, read_facts, read_metadata, read_model_bytes
 from rnnx.runtime.sampling import SamplingConfig
+from rnnx.runtime.scoring import Score, score
 from rnnx.runtime.session import CUDA, PROVIDERS, check_io, open_session
-from rnnx.runtime.steps import CpuSteps, State, Steps
+from rnnx.runtime.steps import CpuSteps, PromptReader, State, Steps
 from rnnx.runtime.tokenizer import tokenizer_from_dict
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ class Model:
     spin: let idle worker threads spin between calls (lower latency for one stream; costs CPU when the cores
         are shared).
     cuda_graph: on CUDA, replay captured CUDA graphs for the steps (see `rnnx.runtime.cuda`).
+    max_bytes: refuse files larger than this (the format's own limit, 2 GiB, by default).
     """
 
     def __init__(
@@ -52,12 +57,21 @@ class Model:
         threads: int = 0,
         spin: bool = True,
         cuda_graph: bool = False,
+        max_bytes: int = MAX_MODEL_BYTES,
     ) -> None:
         path = Path(path)
         source = str(path)
-        data = read_model_bytes(path)
+        data = read_model_bytes(path, max_bytes)
         # the metadata decides whether this is an rnnx model at all, before onnxruntime is asked to load it
-        self.info = contract.ModelInfo.from_metadata(read_metadata(data, source), source)
+        self.info = contract.ModelInfo.from_metadata(read_metadata(data, source), source, len(data))
+        self.tokenizer = tokenizer_from_dict(self.info.tokenizer)
+        if len(self.tokenizer.vocab) != self.info.vocab_size:
+            raise ModelFileError(f"{source}: vocabulary size disagrees with the metadata: re-export it")
+        self.facts = read_facts(data, source)
+        prompt_data = None
+        if contract.PROMPT_LOGITS in self.facts.outputs:  # two paths: a session each (see contract)
+            prompt_data = extract(data, contract.prompt_outputs(self.info.cell), source)
+            data = extract(data, contract.step_outputs(self.info.cell), source)
         settings = {"threads": threads, "spin": spin, "cuda_graph": cuda_graph}
         session = open_session(data, provider, source, **settings)
         if self.info.weights != "fp32" and session.get_providers()[0] == CUDA:
@@ -66,26 +80,42 @@ class Model:
                 raise UsageError(f"{source} has {self.info.weights} weights, which run on the CPU only: use cpu")
             log.info("%s has %s weights: running on the CPU", source, self.info.weights)
             session = open_session(data, "cpu", source, threads=threads, spin=spin)
-        self.session = session
-        self.tokenizer = tokenizer_from_dict(self.info.tokenizer)
-        if len(self.tokenizer.vocab) != self.info.vocab_size:
-            raise ModelFileError(f"{source}: vocabulary size disagrees with the metadata: re-export it")
         check_io(session, self.info, source)
+        self.session = session
         self.path = path
         self.provider = session.get_providers()[0]
-        self._outputs = [contract.LOGITS, *self.info.state_outputs]
+        prompt_session = None
+        if prompt_data is not None:  # on the step session's device, never captured in a CUDA graph
+            where = "cuda" if self.provider == CUDA else "cpu"
+            prompt_session = open_session(prompt_data, where, source, threads=threads, spin=spin)
+            check_io(prompt_session, self.info, source, prompt=True)
+        self._outputs = list(contract.step_outputs(self.info.cell))
         self._graph_pool = None
         self._run_options = None
+        lock = None
         if self.provider == CUDA and cuda_graph:
             from rnnx.runtime.cuda import NO_GRAPH, GraphPool
 
-            self._graph_pool = GraphPool(session, self.info)
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("gpu_graph_id", NO_GRAPH)
+            lock = threading.Lock()
+        self._reader = PromptReader(self.step, prompt_session, self.info, lock)
+        if lock is not None:
+            self._graph_pool = GraphPool(session, self.info, self._reader, lock=lock)
 
     @property
     def device(self) -> str:
         return "cuda" if self.provider == CUDA else "cpu"
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the file's graph (nodes and weights): what snapshots are checked against."""
+        return self.facts.fingerprint
+
+    @property
+    def has_prompt_path(self) -> bool:
+        """Whether prompts are read a whole sequence per graph call (else one step per token)."""
+        return self._reader.has_prompt_path
 
     # -- one graph call at a time, state on the host (tests, export checks, prompt ingestion) ------------------
 
@@ -99,68 +129,80 @@ class Model:
         lock = self._graph_pool.lock if self._graph_pool is not None else contextlib.nullcontext()
         with lock:
             logits, *next_state = self.session.run(self._outputs, feeds, self._run_options)
+        if logits.shape != (len(tokens), self.info.vocab_size):
+            raise ModelFileError(f"{self.path} computed logits of shape {logits.shape}, not [batch, vocabulary]")
         return logits, tuple(next_state)
 
-    def _ingest(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, State]:
-        """Feed each row's prompt ids from a zero state: the logits after each row's last id, and the state.
+    def read(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Read `tokens` [batch, length] int64 from `state`: the logits after each row's last token and the
+        state after all of them; the prompt path, in as few graph calls as memory allows."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or not tokens.shape[1] or tokens.dtype != np.int64:
+            raise UsageError(f"tokens must be int64 [batch, length] with length ≥ 1, got {tokens.dtype} {tokens.shape}")
+        return self._reader.read(tokens, state)
 
-        The single entry for prompt tokens (a prefill graph, where a file carries one, belongs here). Baseline:
-        one step per position with the prompts right-aligned, so every row ends on the last step; a row whose
-        prompt has not begun yet has its state put back to zero after each step.
-
-            row 0:  a b c d e        (5 ids)
-            row 1:  . . x y z        (3 ids; state zeroed after steps 1 and 2)
-        """
-        batch, longest = len(prompts), max(len(ids) for ids in prompts)
-        state = self.initial_state(batch)
-        tokens = np.zeros(batch, np.int64)
-        for t in range(longest):
-            waiting = []
-            for row, ids in enumerate(prompts):
-                start = longest - len(ids)
-                tokens[row] = ids[max(t - start, 0)]
-                if t < start:
-                    waiting.append(row)
-            logits, state = self.step(tokens, state)
-            for array in state if waiting else ():
-                array[:, waiting, :] = 0.0
-        return logits, state
-
-    def _open_steps(self, batch: int) -> Steps:
-        """The per-stream step buffers for the hot loop, on the session's device."""
+    def open_steps(self, batch: int) -> Steps:
+        """The buffers of one run, on the session's device: what `Generator` feeds every token through."""
         if self._graph_pool is not None:
             return self._graph_pool.acquire(batch)
         if self.provider == CUDA:
             from rnnx.runtime.cuda import CudaSteps
 
-            return CudaSteps(self.session, self.info, batch)
-        return CpuSteps(self.session, self.info, batch)
+            return CudaSteps(self.session, self.info, batch, self._reader)
+        return CpuSteps(self.session, self.info, batch, self._reader)
 
     # -- text in, text out --------------------------------------------------------------------------------------
 
-    def new_tokens_for_length(self, prompt: str, length: int) -> int:
-        """How many tokens to generate so the whole text, prompt included, is `length` tokens long."""
-        prompt_len = len(self.tokenizer.encode(prompt))
-        if not prompt_len:
+    def new_tokens_for_length(self, prompt: str, length: int, *, words: bool = False) -> int:
+        """How many tokens (with `words`: word tokens, punctuation not counted) to generate so that the whole
+        text, prompt included, is `length` of them long."""
+        ids = self.tokenizer.encode(prompt)
+        if not ids:
             raise UsageError("the seed text is empty: give at least one token to start from")
+        prompt_len = sum(map(self.tokenizer.is_word, ids)) if words else len(ids)
+        unit = "words" if words else "tokens"
         if length < prompt_len:
-            raise UsageError(f"length {length} is shorter than the seed text ({prompt_len} tokens)")
+            raise UsageError(f"length {length} is shorter than the seed text ({prompt_len} {unit})")
         return length - prompt_len
 
     def generator(
-        self, prompts: Sequence[str], sampling: SamplingConfig | None = None, max_new_tokens: int | None = None
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingConfig | None = None,
+        max_new_tokens: int | None = None,
+        *,
+        resume: Sequence[bytes | None] | None = None,
+        max_new_words: int | None = None,
     ) -> Generator:
-        """A run over `prompts` (one row each) that the caller steps; see `rnnx.runtime.generator`."""
-        return Generator(self, prompts, _config(sampling, max_new_tokens))
+        """A run over `prompts` (one row each) that the caller steps and may `append` to; see
+        `rnnx.runtime.generator`.
+
+        resume: one snapshot (bytes from `Generator.snapshot`) or None per row; a resumed row goes on from the
+            snapshot, then reads its prompt ("" for none). It continues the snapshot's random stream.
+        max_new_words: count only word tokens towards the budget (punctuation rides along), in place of
+            max_new_tokens; for a character model every token is a word.
+        """
+        config = _config(sampling, max_new_tokens)
+        decoded = None
+        if resume is not None:
+            if isinstance(resume, bytes | str) or not isinstance(resume, Sequence):
+                raise UsageError("resume must be a list with one snapshot (bytes) or None per prompt")
+            decoded = [None if b is None else snapshots.decode(b, self.info, self.fingerprint) for b in resume]
+        return Generator(self, self.open_steps(_batch(prompts)), prompts, config, decoded, max_new_words)
 
     def stream(
-        self, prompt: str, max_new_tokens: int | None = None, sampling: SamplingConfig | None = None
+        self,
+        prompt: str,
+        max_new_tokens: int | None = None,
+        sampling: SamplingConfig | None = None,
+        *,
+        max_new_words: int | None = None,
     ) -> Iterator[str]:
         """Feed `prompt`, then yield the text of each new token as it is produced.
 
-        `max_new_tokens`, when given, stands in for `sampling.max_new_tokens`.
+        `max_new_tokens`, when given, stands in for `sampling.max_new_tokens`; `max_new_words` counts words.
         """
-        with self.generator([prompt], sampling, max_new_tokens) as run:
+        with self.generator([prompt], sampling, max_new_tokens, max_new_words=max_new_words) as run:
             while not run.done:
                 piece = run.step()[0]
                 if piece:
@@ -176,10 +218,21 @@ class Model:
         """Each prompt followed by its generated text, all rows run together in one batch."""
         return [p + new for p, new in zip(prompts, collect(self.generator(prompts, sampling, max_new_tokens)))]
 
+    def score(self, text: str, *, streams: int = 1) -> Score:
+        """Mean next-token cross-entropy of `text` under the model (nats/token), teacher-forced with the state
+        carried across the whole text (the trainer's stateful protocol); see `rnnx.runtime.scoring`."""
+        return score(self, text, streams=streams)
+
     def __repr__(self) -> str:
         info = self.info
         shape = f"{info.cell} {info.layers}x{info.hidden}, vocab {info.vocab_size}"
         return f"Model({str(self.path)!r}, {shape}, {self.device})"
+
+
+def _batch(prompts: object) -> int:
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+        raise UsageError("prompts must be a non-empty list of strings")
+    return len(prompts)
 
 
 def _config(sampling: SamplingConfig | None, max_new_tokens: int | None) -> SamplingConfig:

@@ -96,28 +96,40 @@ def open_session(
         raise ModelFileError(f"{source} could not be loaded by onnxruntime: {first}") from None
 
 
-def check_io(session: ort.InferenceSession, info: contract.ModelInfo, source: str) -> None:
-    """Refuse a graph whose inputs and outputs are not the ones the contract names for its cell."""
+def check_io(session: ort.InferenceSession, info: contract.ModelInfo, source: str, prompt: bool = False) -> None:
+    """Refuse a path whose inputs or outputs are not the ones the contract names for its cell: names, element
+    types, and sizes (layers, hidden and vocabulary fixed in the graph and equal to the metadata; batch and
+    length dynamic). `prompt` picks the prompt path's names instead of the step path's."""
     inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name for o in session.get_outputs()}
-    want_in = {contract.TOKENS, *info.state_inputs}
-    want_out = {contract.LOGITS, *info.state_outputs}
-    if set(inputs) != want_in or not want_out <= outputs:
+    outputs = {o.name: o for o in session.get_outputs()}
+    tokens = contract.PROMPT if prompt else contract.TOKENS
+    want_in = (tokens, *info.state_inputs)
+    want_out = contract.prompt_outputs(info.cell) if prompt else contract.step_outputs(info.cell)
+    if set(inputs) != set(want_in) or set(outputs) != set(want_out):
         raise ModelFileError(
             f"{source} does not match the rnnx contract: inputs {sorted(inputs)}, outputs {sorted(outputs)}; "
             f"expected inputs {sorted(want_in)} and outputs {sorted(want_out)}"
         )
-    if inputs[contract.TOKENS].type != "tensor(int64)" or any(
-        inputs[name].type != "tensor(float)" for name in info.state_inputs
-    ):
-        raise ModelFileError(f"{source}: input types do not match the rnnx contract: re-export it")
+    types = {tokens: "tensor(int64)"}
     state_shape = (info.layers, None, info.hidden)  # None: the dynamic batch axis
-    if not _fits(inputs[contract.TOKENS].shape, (None,)) or any(
-        not _fits(inputs[name].shape, state_shape) for name in info.state_inputs
-    ):
-        raise ModelFileError(f"{source}: input shapes disagree with its metadata (layers, hidden): re-export it")
+    shapes = {tokens: (None, None) if prompt else (None,), want_out[0]: (None, info.vocab_size)}
+    for name in (*info.state_inputs, *want_out[1:]):
+        shapes[name] = state_shape
+    for name, arg in {**inputs, **outputs}.items():
+        if arg.type != types.get(name, "tensor(float)"):
+            raise ModelFileError(
+                f"{source}: {name} is {arg.type}, the rnnx contract says {types.get(name, 'tensor(float)')}: "
+                "re-export it"
+            )
+        if not _fits(arg.shape, shapes[name]):
+            raise ModelFileError(
+                f"{source}: {name} has shape {arg.shape}, which disagrees with its metadata "
+                f"(layers {info.layers}, hidden {info.hidden}, vocabulary {info.vocab_size}): re-export it"
+            )
 
 
-def _fits(shape: list[int | str | None], want: tuple[int | None, ...]) -> bool:
-    """Whether a graph input's declared shape agrees with `want`; symbolic or unknown dimensions always do."""
-    return len(shape) == len(want) and all(not isinstance(d, int) or w is None or d == w for d, w in zip(shape, want))
+def _fits(shape: list[int | str | None] | None, want: tuple[int | None, ...]) -> bool:
+    """Whether a declared shape is exactly `want`: fixed sizes equal, dynamic axes (None) not fixed."""
+    if shape is None or len(shape) != len(want):
+        return False
+    return all(isinstance(d, int) and d == w if w is not None else not isinstance(d, int) for d, w in zip(shape, want))

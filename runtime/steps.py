@@ -1,4 +1,8 @@
-"""The hot loop's graph calls for one stream: state kept in two buffers that swap roles each step.
+"""The graph calls of one run: prompts through the prompt path, generated tokens through the step path.
+
+Every token a run reads goes through one `Steps` object: `feed` reads whole prompts (or appended text) into
+chosen rows, `run` takes one step for every row. For `run`, the state is kept in two buffers that swap roles
+each step:
 
     step 2k:   tokens, state A  --graph-->  logits, state B
     step 2k+1: tokens, state B  --graph-->  logits, state A
@@ -11,7 +15,8 @@ with the buffers on the device, is in `rnnx.runtime.cuda`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -22,10 +27,61 @@ from rnnx.runtime import contract
 State = tuple[np.ndarray, ...]
 
 
+# Tokens per prompt-path call are capped so that the gathered input gates, batch × length × gates × hidden
+# floats, stay near this many bytes; longer prompts are read in pieces, the state carried between them.
+PROMPT_CHUNK_BYTES = 32 << 20
+_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+StepFn = Callable[[np.ndarray, "State"], tuple[np.ndarray, "State"]]  # Model.step: host tokens and state
+
+
+class PromptReader:
+    """Reads token sequences [batch, length] from a host state: one call of the prompt path per piece, or, for
+    a file without one, one step (`step`, the model's host-state step) per token. `lock` is held around each
+    prompt-path call (CUDA graphs: no other CUDA work may overlap a capture)."""
+
+    def __init__(
+        self,
+        step: StepFn,
+        prompt: ort.InferenceSession | None,
+        info: contract.ModelInfo,
+        lock: contextlib.AbstractContextManager | None = None,
+    ) -> None:
+        self._step = step
+        self._prompt = prompt
+        self._info = info
+        self._lock = lock or contextlib.nullcontext()
+        self._per_token = _GATES[info.cell] * info.hidden * 4  # bytes of input gates per row and token
+
+    @property
+    def has_prompt_path(self) -> bool:
+        return self._prompt is not None
+
+    def read(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """The logits after each row's last token [batch, vocab] and the state after all of them."""
+        if self._prompt is None:
+            for t in range(tokens.shape[1]):
+                logits, state = self._step(tokens[:, t].copy(), state)
+            return logits, state
+        outputs = list(contract.prompt_outputs(self._info.cell))
+        piece = max(1, PROMPT_CHUNK_BYTES // (self._per_token * tokens.shape[0]))
+        for start in range(0, tokens.shape[1], piece):
+            feeds = {contract.PROMPT: tokens[:, start : start + piece], **dict(zip(self._info.state_inputs, state))}
+            with self._lock:
+                logits, *state = self._prompt.run(outputs, feeds)
+        return logits, tuple(state)
+
+
 class Steps(Protocol):
-    """What a generator needs from a backend: load a state, run steps, read the state back, give it up."""
+    """What a generator needs from a backend: load a state, feed prompts, run steps, read the state back."""
 
     def load(self, state: State) -> None: ...
+
+    def feed(self, rows: Sequence[int], tokens: np.ndarray, start: State | None = None) -> np.ndarray:
+        """Read `tokens` [len(rows), length] into `rows`, from their current state or from `start` (the rows'
+        state to begin from); the logits after each row's last token [len(rows), vocab]."""
+        ...
 
     def run(self, token_ids: np.ndarray) -> np.ndarray:
         """Feed `token_ids` [batch] and return the logits [batch, vocab] on the host (valid until the next run)."""
@@ -36,12 +92,29 @@ class Steps(Protocol):
     def close(self) -> None: ...
 
 
+def feed_rows(
+    steps: Steps, reader: PromptReader, rows: Sequence[int], tokens: np.ndarray, start: State | None
+) -> np.ndarray:
+    """`Steps.feed` for any backend: the rows' state comes to the host, goes through the prompt path, goes back."""
+    state = steps.state()
+    rows = list(rows)
+    begin = start if start is not None else tuple(s[:, rows] for s in state)
+    logits, end = reader.read(np.ascontiguousarray(tokens, np.int64), begin)
+    for whole, part in zip(state, end):
+        whole[:, rows] = part
+    steps.load(state)
+    return logits
+
+
 class CpuSteps:
     """Steps on host memory; one instance per stream, so streams on one session never share buffers."""
 
-    def __init__(self, session: ort.InferenceSession, info: contract.ModelInfo, batch: int) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, info: contract.ModelInfo, batch: int, reader: PromptReader
+    ) -> None:
         shape = (info.layers, batch, info.hidden)
         self._session = session
+        self._reader = reader
         self._tokens = np.zeros(batch, np.int64)
         self._logits = np.zeros((batch, info.vocab_size), np.float32)
         self._states = [tuple(np.zeros(shape, np.float32) for _ in info.state_inputs) for _ in range(2)]
@@ -61,6 +134,9 @@ class CpuSteps:
     def load(self, state: State) -> None:
         for buffer, value in zip(self._states[self._current], state):
             np.copyto(buffer, value)
+
+    def feed(self, rows: Sequence[int], tokens: np.ndarray, start: State | None = None) -> np.ndarray:
+        return feed_rows(self, self._reader, rows, tokens, start)
 
     def run(self, token_ids: np.ndarray) -> np.ndarray:
         self._tokens[:] = token_ids

@@ -74,11 +74,14 @@ def test_batch_rows_equal_single_runs_whatever_the_prompt_lengths(model: Model) 
     assert greedy == [model.generate(p, 25) for p in prompts]
 
 
-def test_batch_ingest_right_aligns_prompts_exactly(model: Model) -> None:
-    prompts = [model.tokenizer.encode(p) for p in ("ab", "the quick", "x")]
-    logits, state = model._ingest(prompts)
-    for row, ids in enumerate(prompts):
-        one_logits, one_state = model._ingest([ids])
+def test_batch_prompts_read_each_row_exactly(model: Model) -> None:
+    """Rows with prompts of different lengths end in the state and logits each would reach alone."""
+    prompts = ["ab", "the quick", "x", "cd"]
+    with model.generator(prompts, SamplingConfig(max_new_tokens=1)) as run:
+        state, logits = run._steps.state(), run._logits.copy()
+    for row, prompt in enumerate(prompts):
+        ids = np.array([model.tokenizer.encode(prompt)], np.int64)
+        one_logits, one_state = model.read(ids, model.initial_state(1))
         np.testing.assert_allclose(logits[row], one_logits[0], atol=1e-5)
         for got, want in zip(state, one_state):
             np.testing.assert_allclose(got[:, row], want[:, 0], atol=1e-5)

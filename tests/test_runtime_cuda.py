@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnx.export.graph import build_step_graph
+from rnnx.export.graph import build_model_graph, build_step_graph
 from rnnx.runtime import Model, SamplingConfig
 from rnnx.runtime.tokenizer import CharTokenizer
 from rnnx.trainer.model import RNNLM, ModelConfig
@@ -22,8 +22,8 @@ def onnx_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     torch.manual_seed(0)
     tokenizer = CharTokenizer.build(TEXT)
     config = ModelConfig(cell=request.param, vocab_size=len(tokenizer.vocab), embed=16, hidden=64, layers=2)
-    path = tmp_path_factory.mktemp(request.param) / "m.onnx"
-    path.write_bytes(build_step_graph(RNNLM(config).eval(), tokenizer, 17).SerializeToString())
+    path = tmp_path_factory.mktemp(request.param) / "m.onnx"  # with the prompt path, as rnn-export writes it
+    path.write_bytes(build_model_graph(RNNLM(config).eval(), tokenizer, 17, "matmul").SerializeToString())
     probe = Model(path, provider="auto")
     if probe.device != "cuda":
         pytest.skip("no usable CUDA GPU here (onnxruntime could not start a CUDA session)")
@@ -46,7 +46,7 @@ def test_device_steps_match_cpu_steps(onnx_path: Path, cpu: Model, cuda_graph: b
     gpu = Model(onnx_path, provider="cuda", cuda_graph=cuda_graph)
     path = token_path(cpu, batch, 40)
     for _ in range(2):  # the second pass reuses pooled buffers and replays captured graphs
-        steps = gpu._open_steps(batch)
+        steps = gpu.open_steps(batch)
         steps.load(cpu.initial_state(batch))
         state = cpu.initial_state(batch)
         for t, tokens in enumerate(path):
@@ -61,7 +61,7 @@ def test_device_steps_match_cpu_steps(onnx_path: Path, cpu: Model, cuda_graph: b
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["iobinding", "cuda-graph"])
 def test_state_stays_on_the_device(onnx_path: Path, cuda_graph: bool) -> None:
     gpu = Model(onnx_path, provider="cuda", cuda_graph=cuda_graph)
-    steps = gpu._open_steps(2)
+    steps = gpu.open_steps(2)
     buffers = [value for pair in steps._states for value in pair]
     assert {value.device_name().lower() for value in buffers} == {"cuda"}
     assert isinstance(steps.run(np.array([1, 2])), np.ndarray)  # logits come to the host as numpy
@@ -111,8 +111,10 @@ def host_model(tmp_path_factory: pytest.TempPathFactory) -> Model:
 @pytest.mark.parametrize("batch", [1, 3])
 def test_device_buffer_code_on_host_ortvalues(host_model: Model, batch: int) -> None:
     from rnnx.runtime.cuda import GraphPool
+    from rnnx.runtime.steps import PromptReader
 
-    pool = GraphPool(host_model.session, host_model.info, device="cpu")
+    reader = PromptReader(host_model.step, None, host_model.info)
+    pool = GraphPool(host_model.session, host_model.info, reader, device="cpu")
     path = token_path(host_model, batch, 25)
     lent = []
     for _ in range(2):
@@ -133,11 +135,15 @@ def test_device_buffer_code_on_host_ortvalues(host_model: Model, batch: int) -> 
 
 def test_generation_through_device_buffer_code_on_host(host_model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
     from rnnx.runtime.cuda import CudaSteps
+    from rnnx.runtime.steps import PromptReader
 
+    reader = PromptReader(host_model.step, None, host_model.info)
     prompts = ["it was", "the worst of", "b"]
     sampling = SamplingConfig(temperature=1.0, top_p=0.9, rng_seed=4, max_new_tokens=40)
     want = host_model.generate_batch(prompts, sampling=sampling)
     monkeypatch.setattr(
-        host_model, "_open_steps", lambda batch: CudaSteps(host_model.session, host_model.info, batch, device="cpu")
+        host_model,
+        "open_steps",
+        lambda batch: CudaSteps(host_model.session, host_model.info, batch, reader, device="cpu"),
     )
     assert host_model.generate_batch(prompts, sampling=sampling) == want

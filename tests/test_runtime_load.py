@@ -99,7 +99,7 @@ def test_inputs_that_do_not_match_the_contract(proto: onnx.ModelProto, tmp_path:
 
 def test_shapes_that_disagree_with_the_metadata(proto: onnx.ModelProto, tmp_path: Path) -> None:
     path = save(proto, tmp_path / "deep.onnx", rnnx__layers="3")
-    with pytest.raises(ModelFileError, match="shapes disagree"):
+    with pytest.raises(ModelFileError, match="disagrees with its metadata"):
         Model(path, provider="cpu")
 
 
@@ -128,3 +128,74 @@ def test_explicit_cuda_without_a_gpu_is_one_clear_error(proto: onnx.ModelProto, 
         pytest.skip("a GPU is present here: this checks the machine without one")
     with pytest.raises(RnnxError, match="CUDA provider was asked for"):
         Model(path, provider="cuda")
+
+
+# -- issue 9: a model file is untrusted input ---------------------------------------------------------------------
+
+
+def edit(proto: onnx.ModelProto, path: Path, change) -> Path:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    change(copy.graph)
+    path.write_bytes(copy.SerializeToString())
+    return path
+
+
+def test_outputs_are_checked_like_inputs(proto: onnx.ModelProto, tmp_path: Path) -> None:
+    def narrow_logits(graph: onnx.GraphProto) -> None:
+        graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5  # vocabulary 10 in the metadata
+
+    def double_logits(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            node.output[:] = ["logits_f" if o == contract.LOGITS else o for o in node.output]
+        graph.node.append(onnx.helper.make_node("Cast", ["logits_f"], [contract.LOGITS], to=onnx.TensorProto.DOUBLE))
+        graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+
+    def extra_output(graph: onnx.GraphProto) -> None:
+        graph.output.append(onnx.helper.make_tensor_value_info("x_embed", onnx.TensorProto.FLOAT, None))
+
+    def symbolic_state(graph: onnx.GraphProto) -> None:
+        for value in (*graph.input[1:], *graph.output[1:]):
+            for dim, name in zip(value.type.tensor_type.shape.dim, ("L", "batch", "H")):
+                dim.dim_param = name
+
+    cases = {
+        narrow_logits: "logits has shape",
+        double_logits: "logits is tensor\\(double\\)",
+        extra_output: "does not match the rnnx contract",
+        symbolic_state: "h has shape",
+    }
+    for change, words in cases.items():
+        with pytest.raises(ModelFileError, match=words):
+            Model(edit(proto, tmp_path / f"{change.__name__}.onnx", change), provider="cpu")
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("rnnx.hidden", "100000000000", "more than its"),
+        ("rnnx.layers", "1" + "0" * 30, "malformed"),
+        ("rnnx.layers", "1000000", "more than its"),
+        ("rnnx.hidden", "32.0", "malformed"),
+        ("rnnx.hidden", "-8", "malformed"),
+        ("rnnx.format_version", "0", "format_version"),
+        ("rnnx.tokenizer", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+)
+def test_sizes_the_file_cannot_hold_are_refused(
+    proto: onnx.ModelProto, tmp_path: Path, key: str, value: str, words: str
+) -> None:
+    path = save(proto, tmp_path / "lie.onnx", **{key.replace(".", "__"): value})
+    with pytest.raises(ModelFileError, match=words):
+        Model(path, provider="cpu")
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path, proto: onnx.ModelProto) -> None:
+    path = tmp_path / "huge.onnx"
+    with path.open("wb") as f:
+        f.truncate(40 * 2**30)  # sparse: 40 GB that take no disk
+    with pytest.raises(ModelFileError, match="more than a self-contained ONNX file"):
+        Model(path, provider="cpu")
+    small = save(proto, tmp_path / "m.onnx")
+    with pytest.raises(ModelFileError, match="raise max_bytes"):
+        Model(small, provider="cpu", max_bytes=1000)
