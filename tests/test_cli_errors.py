@@ -92,9 +92,15 @@ def test_train_on_missing_data_file(tmp_path: Path) -> None:
         (["--seed", "good", "--temperature", "1", "--top-p", "1.5"], ["top-p"]),
         (["--seed", "good", "--provider", "tpu"], ["provider"]),
         (["--seed", "", "--len", "5"], ["empty"]),
+        (["--seed", "good", "--temperature", "1e50"], ["temperature", "at most 1e+30"]),
+        (["--seed", "good", "--repetition-penalty", "1e308"], ["repetition penalty", "at most 1e+30"]),
+        (["--seed", "good", "--temperature", "1", "--rng-seed", str(2**70)], ["seed", "2**64-1"]),
     ],
-    ids=["len-short", "negative-temperature", "top-p-zero", "top-p-above-one", "provider", "empty-seed"],
-)
+    ids=[
+        "len-short", "negative-temperature", "top-p-zero", "top-p-above-one", "provider", "empty-seed",
+        "huge-temperature", "huge-penalty", "huge-seed",
+    ],
+)  # fmt: skip
 def test_run_usage_errors(default_onnx: Path, args: list[str], words: list[str]) -> None:
     result = runner.invoke(run_cli.app, ["--model", str(default_onnx), *args])
     assert_clean_error(result, 2, *words)
@@ -146,3 +152,37 @@ def test_option_parse_errors_are_one_line_too(tmp_path: Path, command: list[str]
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+@pytest.mark.parametrize("temperature", ["1e-40", "5e-324"])
+def test_run_with_a_tiny_temperature_is_greedy(default_onnx: Path, temperature: str) -> None:
+    args = ["--model", str(default_onnx), "--seed", "good", "--len", "15"]
+    greedy = runner.invoke(run_cli.app, args)
+    tiny = runner.invoke(run_cli.app, [*args, "--temperature", temperature])
+    assert (tiny.exit_code, tiny.stdout) == (0, greedy.stdout)
+    assert len(greedy.stdout.rstrip("\n")) == 15  # it generates, as greedy does
+
+
+def test_run_on_a_word_model_whose_pattern_is_crafted(default_onnx: Path, tmp_path: Path) -> None:
+    """A file that brings its own regular expression is refused before anything compiles it.
+
+    `(a+)+$` backtracks for ever on "aaaa...!": the runtime used to compile the file's pattern and hang here.
+    """
+    import json
+
+    import onnx
+
+    from rnnx.runtime.tokenizer import WordTokenizer
+
+    proto = onnx.load(default_onnx)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    vocab = json.loads(meta["rnnx.tokenizer"])["vocab"]
+    crafted = {**WordTokenizer(vocab=tuple(vocab)).to_dict(), "pattern": "(a+)+$"}
+    del crafted["rules"]  # as rnnx 0.1.0 wrote it: the pattern alone
+    meta["rnnx.tokenizer"] = json.dumps(crafted)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, meta)
+    path = tmp_path / "crafted.onnx"
+    onnx.save(proto, path)
+    result = runner.invoke(run_cli.app, ["--model", str(path), "--seed", "a" * 40 + "!", "--len", "50"])
+    assert_clean_error(result, 1, "pattern", "re-train")
