@@ -68,6 +68,7 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
     assert model.config.cell == "lstm" and tokenizer.kind == "char" and document["val_loss"] > 0
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == finish  # the killed run's records past its checkpoint are gone
+    assert not list(out.glob(".*.tmp"))  # whatever temporaries the kill left were removed by the resumed run
 
 
 @pytest.mark.parametrize(("cell", "ema", "state_reset"), [("lstm", 0.99, 0.3), ("gru", 0.0, 0.0)])

@@ -19,6 +19,14 @@ def test_directory_of_txt_files_in_name_order(tmp_path: Path) -> None:
     assert read_corpus(tmp_path) == "first\n\nsecond\n"
 
 
+def test_byte_order_mark_and_line_endings_are_normalized(tmp_path: Path) -> None:
+    (tmp_path / "windows.txt").write_bytes("\ufeffhey how\r\nare you\r\n".encode())
+    (tmp_path / "mac.txt").write_bytes(b"good i\ram fine\r")
+    assert read_corpus(tmp_path / "windows.txt") == "hey how\nare you\n"
+    assert read_corpus(tmp_path) == "good i\nam fine\n\nhey how\nare you\n"
+    assert build_tokenizer(read_corpus(tmp_path), "char").vocab == ("<unk>", "\n", " ", *"adefghimnoruwy")
+
+
 def test_directory_without_txt_refused(tmp_path: Path) -> None:
     with pytest.raises(RnnxError, match="no .txt files"):
         read_corpus(tmp_path)

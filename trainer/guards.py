@@ -60,9 +60,12 @@ def diverged(loss: float, vocab_size: int) -> bool:
 
 
 def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether every floating-point tensor holds only finite numbers (one read from the device in all)."""
-    checks = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
-    return bool(torch.stack(checks).all()) if checks else True
+    """Whether every floating-point tensor holds only finite numbers (one read from each device in all)."""
+    checks: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.is_floating_point():
+            checks.setdefault(t.device, []).append(torch.isfinite(t).all())
+    return all(bool(torch.stack(found).all()) for found in checks.values())
 
 
 class LossMeter:

@@ -57,8 +57,8 @@ def available_memory() -> int | None:
 
 
 def gib(n: float) -> str:
-    """Bytes for people: `3.2 GiB`, `3,725 TiB`."""
-    return f"{n / 2**30:.1f} GiB" if n < 2**40 else f"{n / 2**40:,.0f} TiB"
+    """Bytes for people: `3.2 GiB`, `3,725.3 TiB`."""
+    return f"{n / 2**30:.1f} GiB" if n < 2**40 else f"{n / 2**40:,.1f} TiB"
 
 
 def weight_count(cell: str, vocab: int, embed: int, hidden: int, layers: int) -> int:

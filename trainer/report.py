@@ -23,12 +23,8 @@ class MetricsLog:
         self.path = directory / METRICS
         kept = []
         if resume_step is not None and self.path.is_file():  # drop what the interrupted run logged after its checkpoint
-            for line in self.path.read_text("utf-8").splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= resume_step:
-                        kept.append(line)
-                except (json.JSONDecodeError, AttributeError):
-                    break  # a line cut short by the kill: everything before it is good
+            lines = self.path.read_text("utf-8", errors="replace").splitlines()
+            kept = [line for line, record in zip(lines, _records(lines)) if record["step"] <= resume_step]
         write_atomic(self.path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
         self._file = self.path.open("a", encoding="utf-8")
 
@@ -40,14 +36,30 @@ class MetricsLog:
         self._file.close()
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
+def _record(line: str) -> dict[str, Any] | None:
+    """One record of metrics.jsonl, or None for a line that is not one (cut short by a kill, or not ours)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    fields = ("step", "tokens", "loss", "val_loss")
+    numbers = all(isinstance(record.get(k, 0), (int, float)) for k in fields) if isinstance(record, dict) else False
+    return record if numbers else None
+
+
+def _records(lines: list[str]) -> list[dict[str, Any]]:
+    """The records up to the first line that is not one (everything before it is good)."""
     records = []
-    for line in path.read_text("utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+    for line in lines:
+        record = _record(line)
+        if record is None:
             break
+        records.append({"step": 0, **record})
     return records
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return _records(path.read_text("utf-8", errors="replace").splitlines())
 
 
 def write_loss_plot(directory: Path, unit: str) -> Path | None:
@@ -61,8 +73,8 @@ def write_loss_plot(directory: Path, unit: str) -> Path | None:
         log.warning("matplotlib is not installed: no %s written (pip install matplotlib)", PLOT)
         return None
     records = read_metrics(directory / METRICS)
-    train = [(r["tokens"], r["loss"]) for r in records if r.get("event") == "train"]
-    val = [(r["tokens"], r["val_loss"]) for r in records if r.get("event") == "val"]
+    train = [(r.get("tokens", 0), r["loss"]) for r in records if r.get("event") == "train" and "loss" in r]
+    val = [(r.get("tokens", 0), r["val_loss"]) for r in records if r.get("event") == "val" and "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for points, label, style in ((train, "training", "-"), (val, "validation", "o-")):
         if points:
@@ -71,7 +83,8 @@ def write_loss_plot(directory: Path, unit: str) -> Path | None:
     ax.set_xlabel("tokens seen")
     ax.set_ylabel(f"loss (nats/{unit})")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or val:
+        ax.legend()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(fig)

@@ -100,10 +100,10 @@ def check_memory(model_config: ModelConfig, config: TrainConfig, setup: Setup, d
     need = per_weight * model_config.weight_count + 12 * setup.batches.tokens_per_step * model_config.vocab_size
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     what = (
-        f"a {model_config.cell.upper()} of {model_config.layers} x {model_config.hidden} units with "
-        f"{model_config.weight_count:,} weights and a {model_config.vocab_size:,}-token vocabulary"
+        f"training this {model_config.cell.upper()} ({model_config.layers} x {model_config.hidden} units, "
+        f"{model_config.weight_count:,} weights, {model_config.vocab_size:,} tokens)"
     )
-    short = shortfall(need, f"training {what}", free)
+    short = shortfall(need, what, free)
     if short:
         raise UsageError(f"{short}: lower --hidden, --layers or --embed, or --batch-size and --seq-len")
 
