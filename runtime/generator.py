@@ -207,7 +207,7 @@ class Generator:
         if self.done:
             return [""] * len(self._finished)
         steps = self._live()
-        active = np.logical_not(self._finished)
+        active = np.logical_not(self._finished) if any(self._finished) else None  # None: all rows, the fast way
         ids = self._sampler.choose(self._logits, active)
         pieces, finishing = [], []
         for row, token_id in enumerate(ids.tolist()):
