@@ -246,7 +246,7 @@ CONFIGS = [
 def test_choices_match_the_reference(kwargs: dict, small_blocks: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if small_blocks:  # several row blocks, many draw chunks, and top-p widening its candidates row by row
         monkeypatch.setattr(sampling, "_BLOCK", 200)
-        monkeypatch.setattr(sampling, "_CHUNK", 8)
+        monkeypatch.setattr(sampling, "_DIRECT_DRAW", 8)
         monkeypatch.setattr(sampling, "_TOP_P_FIRST", 2)
     batch, vocab = 5, 70
     config = SamplingConfig(rng_seed=3, **kwargs)
