@@ -65,7 +65,7 @@ def test_a_run_blown_up_by_its_learning_rate_fails_and_saves_nothing(tmp_path: P
     line = one_error_line(result)
     assert result.exit_code == 1
     assert "training diverged by step 2 (mean training loss" in line and "lower --lr (it is 1e+30)" in line
-    assert "nothing of this run was saved" in line
+    assert "no checkpoint or model of this run was saved" in line
     assert not (out / WEIGHTS).exists() and not (out / TRAIN_STATE).exists()
 
 

@@ -217,7 +217,7 @@ class Run:
         kept = (
             f"the checkpoint of step {self.saved_step} and the best model are kept"
             if self.saved_step is not None
-            else "nothing of this run was saved"
+            else "no checkpoint or model of this run was saved"
         )
         return RnnxError(
             f"training diverged by step {progress.step} ({what}): lower --lr (it is {self.config.lr:g}) "
@@ -344,7 +344,6 @@ class Run:
             loss, carry = self._step(batches.get(progress.epoch, progress.index), carry)
             if self.average is not None:
                 self.average.update(progress.step)
-            progress.train_seconds += time.monotonic() - t0
             self.meter.add(loss)
             progress.step += 1
             progress.tokens += batches.tokens_per_step
@@ -355,8 +354,9 @@ class Run:
             now = time.monotonic()
             progress.elapsed = now - start
             if progress.step - log_step >= 10 and now - last_log >= 0.2 or epoch_end:
-                final_loss = self.log_train(progress, metrics, lr)
+                final_loss = self.log_train(progress, metrics, lr)  # waits for the device: training time too
                 log_step, last_log = progress.step, now
+            progress.train_seconds += time.monotonic() - t0
             stop = False
             due = (
                 config.eval_every
