@@ -12,14 +12,22 @@ import pytest
 from typer.testing import CliRunner
 
 from rnnx.cli import common
+from rnnx.cli import eval as eval_cli
 from rnnx.cli import export as export_cli
+from rnnx.cli import info as info_cli
 from rnnx.cli import run as run_cli
 from rnnx.cli import train as train_cli
 from rnnx.runtime import __version__
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent
-COMMANDS = {"rnn-train": train_cli.app, "rnn-export": export_cli.app, "rnn-run": run_cli.app}
+COMMANDS = {
+    "rnn-train": train_cli.app,
+    "rnn-export": export_cli.app,
+    "rnn-run": run_cli.app,
+    "rnn-eval": eval_cli.app,
+    "rnn-info": info_cli.app,
+}
 
 
 def python(code: str, **kwargs) -> subprocess.CompletedProcess:
