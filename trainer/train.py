@@ -33,9 +33,10 @@ from rnnx.trainer.data import (
     split_ids,
 )
 from rnnx.trainer.limits import data_limit, shortfall
-from rnnx.trainer.loop import Progress, Run, Setup, fraction_done, restore, use_bf16
+from rnnx.trainer.loop import Progress, Run, Setup, fraction_done, use_bf16
 from rnnx.trainer.model import RNNLM, ModelConfig
 from rnnx.trainer.rundir import claim, start_fresh
+from rnnx.trainer.state import restore
 
 __all__ = ["LIMIT_FIELDS", "TrainConfig", "TrainResult", "prepare", "resume", "train", "use_bf16"]
 
