@@ -161,11 +161,13 @@ def _swap_two_tokens(meta: dict) -> None:
         (lambda m: m["progress"].update(index=10**9), "batch 1000000000 of an epoch"),
         (lambda m: m["training"].update(lr="fast"), "lr must be a finite number"),
         (lambda m: m["model"].update(hidden=16.0), "hidden must be a whole number"),
+        (lambda m: m["model"].update(hidden=10**7), "TiB of memory, more than the 8.0 GiB available: resume it on"),
         (lambda m: m["tokenizer"]["vocab"].append("Z"), "its vocabulary has"),
         (_swap_two_tokens, "is not the one the data gives"),
         (lambda m: m.update(progress=[]), "is corrupt"),
     ],
 )
+@pytest.mark.usefixtures("eight_gib")
 def test_bad_checkpoints_are_refused_on_resume(
     run_dir: Path, tmp_path: Path, edit: Callable[[dict], None], message: str
 ) -> None:

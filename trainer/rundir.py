@@ -44,15 +44,17 @@ def claim(out: Path) -> Iterator[None]:
     if out.exists() and not out.is_dir():
         raise RnnxError(f"--out {out} is a file, not a directory: give a directory for the model")
     out.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # no lock to tell orphaned temporaries from a live run's: leave them
+        yield
+        return
     fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RnnxError(
-                    f"another rnn-train is writing to {out}{_holder(fd)}: wait for it to finish, or use another --out"
-                ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RnnxError(
+                f"another rnn-train is writing to {out}{_holder(fd)}: wait for it to finish, or use another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         for path in temporary_files(out, WRITTEN):

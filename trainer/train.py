@@ -91,8 +91,9 @@ def prepare(
     return Setup(tokenizer, batches, val_ids.to(device), digest)
 
 
-def check_memory(model_config: ModelConfig, config: TrainConfig, setup: Setup, device: torch.device) -> None:
-    """Refuse a model that cannot fit before building it (a 1M-unit layer would take terabytes and minutes).
+def check_memory(model_config: ModelConfig, config: TrainConfig, setup: Setup, device: torch.device) -> str | None:
+    """Why the model cannot be trained here (None if it can), before it is built: a 1M-unit layer would take
+    terabytes and minutes to fail.
 
     A lower bound: weights, gradients and AdamW's two moments (16 bytes a weight, 20 with --ema) and, for one
     batch, the logits, their log-softmax and its gradient (12 bytes per token and vocabulary entry).
@@ -104,9 +105,7 @@ def check_memory(model_config: ModelConfig, config: TrainConfig, setup: Setup, d
         f"training this {model_config.cell.upper()} ({model_config.layers} x {model_config.hidden} units, "
         f"{model_config.weight_count:,} weights, {model_config.vocab_size:,} tokens)"
     )
-    short = shortfall(need, what, free)
-    if short:
-        raise UsageError(f"{short}: lower --hidden, --layers or --embed, or --batch-size and --seq-len")
+    return shortfall(need, what, free)
 
 
 def make_optimizer(model: RNNLM, config: TrainConfig) -> torch.optim.AdamW:
@@ -127,7 +126,9 @@ def train(
     device = resolve_device(config.device)
     setup = prepare(config, device)
     model_config = replace(model_config, vocab_size=len(setup.tokenizer.vocab))
-    check_memory(model_config, config, setup, device)
+    short = check_memory(model_config, config, setup, device)
+    if short:
+        raise UsageError(f"{short}: lower --hidden, --layers or --embed, or --batch-size and --seq-len")
     with claim(config.out):
         start_fresh(config.out, overwrite)
         model = RNNLM(model_config).to(device)
@@ -182,7 +183,9 @@ def resume(out: Path, limits: dict[str, Any], progress: bool = True) -> TrainRes
             f"the run in {out} already reached its limit (step {state.step}, epoch {state.epoch}): "
             "give a larger --epochs, --steps or --minutes to train on"
         )
-    check_memory(model_config, config, setup, device)
+    short = check_memory(model_config, config, setup, device)
+    if short:
+        raise ModelFileError(f"the checkpoint in {out}: {short}: resume it on a machine with more memory")
     with claim(out):
         if _identity(out / TRAIN_STATE) != identity:
             raise RnnxError(f"the checkpoint in {out} changed while it was read (by another run?): resume again")
