@@ -24,7 +24,7 @@ import numpy as np
 from rnnx.runtime.errors import ModelFileError, UsageError
 from rnnx.runtime.tokenizer import UNK_ID
 
-MAX_SEED = 2**64 - 1  # torch.manual_seed's limit, which the trainer's seed meets too: a seed means one thing
+MAX_SEED = 2**64 - 1  # a 64-bit seed: one any other runtime can take and repeat
 GREEDY_BELOW = 1e-30  # a smaller temperature is greedy, as 0 is: 1/T nears float32's limit (greedy but for ties)
 MAX_TEMPERATURE = 1e30  # 1/T must stay a normal float32; long before this, every kept token is equally likely
 MAX_REPETITION_PENALTY = 1e30  # a float32 penalty must be finite (a zero logit times inf would be NaN)
@@ -98,7 +98,7 @@ class Sampler:
             np.random.default_rng(np.random.SeedSequence(seeds.entropy, spawn_key=(row,))) for row in range(1, batch)
         ]
         self._rows = np.arange(batch)
-        self._seen = np.zeros((batch, vocab), bool)  # which tokens each row's text holds so far
+        self._seen = np.zeros((batch, vocab), bool)  # with a penalty: which tokens each row's text holds so far
         self._penalized = config.repetition_penalty != 1
         self._hits = np.empty((2, max(batch, 16)), np.int64)  # with a penalty: the seen (row, token) pairs,
         self._count = 0  # the first _count of them, so that a step's penalty costs the text's length only
@@ -109,11 +109,14 @@ class Sampler:
 
     def remember(self, row: int, ids: Sequence[int]) -> None:
         """Row `row`'s text now holds `ids` too (a prompt, appended text): the repetition penalty counts them."""
+        if not self._penalized:
+            return
         unique = np.unique(np.asarray(ids, np.int64))
         self._mark(np.full(len(unique), row), unique)
 
     def row_state(self, row: int) -> tuple[dict, np.ndarray]:
-        """Row `row`'s random generator state (numpy's PCG64 dict) and the tokens its text holds, (vocab,) bool."""
+        """Row `row`'s random generator state (numpy's PCG64 dict) and the tokens its text holds, (vocab,) bool
+        (kept only by a run with a repetition penalty; all False otherwise)."""
         return self._rngs[row].bit_generator.state, self._seen[row].copy()
 
     def restore_row(self, row: int, rng_state: dict, seen: np.ndarray) -> None:
@@ -153,11 +156,12 @@ class Sampler:
         return ids
 
     def _mark(self, rows: np.ndarray, ids: np.ndarray) -> None:
-        """Record (row, id) pairs, no pair twice in one call."""
+        """Record (row, id) pairs, no pair twice in one call; only a run with a repetition penalty keeps them
+        (a step costs the small RNN ~20 µs: a microsecond of bookkeeping nobody reads would be 5%)."""
         if self._penalized:
             fresh = ~self._seen[rows, ids]
             self._add_hits(rows[fresh], ids[fresh])
-        self._seen[rows, ids] = True
+            self._seen[rows, ids] = True
 
     def _add_hits(self, rows: np.ndarray, ids: np.ndarray) -> None:
         end = self._count + len(rows)
@@ -182,9 +186,14 @@ class Sampler:
 
     def _greedy(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
         ids = logits.argmax(axis=1)
-        best = logits[self._rows if len(logits) == len(self._rows) else np.arange(len(logits)), ids]
-        if best.min() > -np.inf:  # False for NaN too
-            return ids
+        if len(ids) == 1:  # the common single stream: a scalar check costs a tenth of the general one
+            if logits.item(0, int(ids[0])) > -math.inf:  # False for NaN too
+                return ids
+            best = logits[0, ids]
+        else:
+            best = logits[self._rows if len(logits) == len(self._rows) else np.arange(len(logits)), ids]
+            if best.min() > -np.inf:
+                return ids
         for i in np.flatnonzero(np.isnan(best)):  # argmax points at a NaN: choose among the numbers
             values = logits[i]
             values[np.isnan(values)] = -np.inf
