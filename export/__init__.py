@@ -19,8 +19,8 @@ from rnnx.export.verify import (
     verify_step_graph,
 )
 from rnnx.runtime.contract import DEFAULT_OPSET, WEIGHT_FORMATS, ModelInfo, check_opset
-from rnnx.runtime.errors import UsageError
-from rnnx.trainer.checkpoint import load_model, write_atomic
+from rnnx.runtime.errors import ExportCheckError, UsageError
+from rnnx.trainer.checkpoint import WEIGHTS, load_model, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,14 @@ def _check_options(output: Path, opset: int, quantize: str | None, form: str) ->
     return weights
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def export_model(
     model_dir: Path,
     output: Path | None = None,
@@ -68,6 +76,7 @@ def export_model(
     """
     output = output or model_dir / ONNX_NAME
     weights = _check_options(output, opset, quantize, form)
+    source = _identity(model_dir / WEIGHTS)
     model, tokenizer, _ = load_model(model_dir)
     cell = model.config.cell
     proto = build_step_graph(model, tokenizer, opset, form)
@@ -89,6 +98,10 @@ def export_model(
             reference = steps_reference(proto, cell)
         prompt_diff = verify_prompt_path(proto, reference, cell, model.config.vocab_size)
     data = proto.SerializeToString()
+    if _identity(model_dir / WEIGHTS) != source:  # a training run saved a new model (and removed old exports)
+        raise ExportCheckError(
+            f"{model_dir / WEIGHTS} changed while it was being exported: run rnn-export again; nothing was written"
+        )
     write_atomic(output, data)
     log.info("wrote %s (%d bytes, %s), max |Δlogit| vs torch %.2e", output, len(data), weights, worst)
     return ExportResult(output, worst, len(data), weights, kl, int8_tensors, prompt_diff)

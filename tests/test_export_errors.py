@@ -101,3 +101,25 @@ def test_failed_verification_writes_nothing(model_dir: Path, tmp_path: Path, mon
 def test_library_rejects_opset_before_loading(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="opset 99"):
         export_model(tmp_path / "missing", opset=99)
+
+
+def test_a_model_replaced_during_export_is_not_written(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer removes a replaced model's exports; an export of the old model must not land after that."""
+    import rnnx.export as export_module
+    from rnnx.trainer.checkpoint import WEIGHTS
+
+    trained = model_dir
+    real = export_module.verify_step_graph
+
+    def save_meanwhile(proto, model):
+        worst = real(proto, model)
+        weights = trained / WEIGHTS
+        weights.write_bytes(weights.read_bytes())  # a new file in its place, as a training run's save makes
+        return worst
+
+    monkeypatch.setattr(export_module, "verify_step_graph", save_meanwhile)
+    with pytest.raises(ExportCheckError, match="changed while it was being exported"):
+        export_module.export_model(trained, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
