@@ -118,6 +118,16 @@ class Generator:
         self._saved: dict[int, tuple[State, np.ndarray]] = {}  # finished rows: exact state and logits
         self._unfed: dict[int, int] = {}  # finished rows whose last token is not fed yet
         self._logits = np.zeros((batch, model.info.vocab_size), np.float32)
+        self._hot = (  # what `step` reads per row, in one tuple (the lists are only ever changed in place)
+            self._tokenizer.piece,
+            self._tokenizer.is_word,
+            self._prev,
+            self._left,
+            self._tokens_left,
+            self._stops,
+            max_new_words is not None,
+            bool(sampling.stop),
+        )
         state = model.initial_state(batch)
         for row, snap in enumerate(resume):
             if snap is not None:
@@ -175,7 +185,7 @@ class Generator:
     def _open(self, row: int) -> None:
         self._saved.pop(row, None)  # the buffers hold its exact state from here on
         self._left[row] = self._budget
-        self._tokens_left[row] = self._budget * WORD_TOKEN_CAP if self._max_words is not None else self._budget
+        self._tokens_left[row] = self._budget * WORD_TOKEN_CAP  # only read with max_new_words
         self._stops[row] = StopText(self._config.stop) if self._config.stop else None
         self._finished[row] = self._budget == 0
 
@@ -204,33 +214,39 @@ class Generator:
 
     def step(self) -> list[str]:
         """Choose and feed one token per unfinished row; the text each row gained ("" for finished rows)."""
-        if self.done:
-            return [""] * len(self._finished)
-        steps = self._live()
-        active = np.logical_not(self._finished) if any(self._finished) else None  # None: all rows, the fast way
+        finished, steps = self._finished, self._steps
+        if all(finished) or steps is None:
+            return [""] * len(finished)
+        active = np.logical_not(finished) if any(finished) else None  # None: every row, the fast way
         ids = self._sampler.choose(self._logits, active)
+        # the per-row loop runs once per generated token: locals, and no stop-string work without stop strings
+        piece_of, is_word, prev, left, tokens_left, stops_of, words_only, has_stops = self._hot
         pieces, finishing = [], []
         for row, token_id in enumerate(ids.tolist()):
-            if self._finished[row]:
-                ids[row] = self._prev[row] or 0  # rides along; its saved state is what counts
+            if finished[row]:
+                ids[row] = prev[row] or 0  # rides along; its saved state is what counts
                 pieces.append("")
                 continue
-            piece = self._tokenizer.piece(self._prev[row], token_id)
-            self._prev[row] = token_id
-            self._tokens_left[row] -= 1
-            if self._max_words is None or self._tokenizer.is_word(token_id):
-                self._left[row] -= 1
+            piece = piece_of(prev[row], token_id)
+            prev[row] = token_id
+            if words_only:
+                tokens_left[row] -= 1
+                left[row] -= is_word(token_id)
+                spent = not left[row] or not tokens_left[row]
+            else:
+                left[row] -= 1
+                spent = not left[row]
             stopped = False
-            stops = self._stops[row]
-            if stops is not None:
+            if has_stops:
+                stops = stops_of[row]
                 piece, stopped = stops.feed(piece)
-            if stopped or not self._left[row] or not self._tokens_left[row]:
-                self._finished[row] = True
-                finishing.append(row)
-                if stops is not None and not stopped:
+                if spent and not stopped:
                     piece += stops.flush()
+            if stopped or spent:
+                finished[row] = True
+                finishing.append(row)
             pieces.append(piece)
-        if self.done:
+        if all(finished):
             self._unfed.update((row, int(ids[row])) for row in finishing)
         else:
             self._logits = steps.run(ids)

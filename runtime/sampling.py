@@ -100,6 +100,7 @@ class Sampler:
         self._rows = np.arange(batch)
         self._seen = np.zeros((batch, vocab), bool)  # with a penalty: which tokens each row's text holds so far
         self._penalized = config.repetition_penalty != 1
+        self._plain_greedy = config.greedy and not self._penalized
         self._hits = np.empty((2, max(batch, 16)), np.int64)  # with a penalty: the seen (row, token) pairs,
         self._count = 0  # the first _count of them, so that a step's penalty costs the text's length only
         for row, ids in enumerate(history):
@@ -138,6 +139,15 @@ class Sampler:
         and its logits, random generator and seen tokens stay as they were. Active rows' logits are modified
         in place when every row is active.
         """
+        if active is None and self._plain_greedy:  # the hot path of greedy generation, inlined
+            logits[:, UNK_ID] = -np.inf
+            ids = logits.argmax(axis=1)
+            if len(ids) == 1:
+                if logits.item(0, int(ids[0])) > -math.inf:  # False for NaN too
+                    return ids
+            elif logits[self._rows, ids].min() > -np.inf:
+                return ids
+            return self._greedy(logits, self._rows)  # NaN or nothing to choose somewhere: the careful way
         if active is None or active.all():
             return self._choose(logits, self._rows)
         rows = np.flatnonzero(active)
