@@ -136,19 +136,16 @@ class Generator:
                 self._logits[row] = snap.logits
                 self._prev[row] = snap.last_id
                 self._sampler.restore_row(row, snap.rng_state, snap.seen)
-        missing = [row for row, (p, s) in enumerate(zip(prompts, resume)) if s is None and not self._encode(p)]
-        if missing:
+        encoded = [self._tokenizer.encode(p) for p in prompts]
+        if any(snap is None and not ids for snap, ids in zip(resume, encoded)):
             raise UsageError("the seed text is empty: give at least one token to start from")
         steps.load(state)
-        self.append(prompts)
+        self._read({row: ids for row, ids in enumerate(encoded) if ids})
         for row, snap in enumerate(resume):
-            if snap is not None and not self._encode(prompts[row]):
+            if snap is not None and not encoded[row]:
                 self._open(row)  # resumed with no new text: it goes on from the snapshot
 
     # -- text in -------------------------------------------------------------------------------------------------
-
-    def _encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text)
 
     def append(self, texts: Sequence[str]) -> None:
         """Read `texts[row]` into each row ("" for a row that gets nothing), after whatever it read or generated.
@@ -157,11 +154,15 @@ class Generator:
         max_new_words) anew, whether it had finished or not. Rows of equal length are read together, one
         prompt-path call per piece.
         """
-        steps = self._live()
+        self._live()
         texts = _texts(texts, len(self._finished), "texts")
-        encoded = {row: ids for row, ids in enumerate(map(self._encode, texts)) if ids}
+        self._read({row: ids for row, ids in enumerate(map(self._tokenizer.encode, texts)) if ids})
+
+    def _read(self, encoded: dict[int, list[int]]) -> None:
+        """Feed each row its token ids (rows absent get nothing), grouped by length, and open those rows."""
         if not encoded:
             return
+        steps = self._live()
         self._settle()
         by_length: dict[int, list[int]] = {}
         for row, ids in encoded.items():
