@@ -87,7 +87,7 @@ class Model:
         prompt_session = None
         if prompt_data is not None:  # on the step session's device, never captured in a CUDA graph
             where = "cuda" if self.provider == CUDA else "cpu"
-            prompt_threads = threads or _prompt_threads(self.info)
+            prompt_threads = 1 if _small(self.info) else threads  # `threads` is a ceiling, not a demand
             prompt_session = open_session(prompt_data, where, source, threads=prompt_threads, spin=spin)
             check_io(prompt_session, self.info, source, prompt=True)
         self._outputs = list(contract.step_outputs(self.info.cell))
@@ -237,11 +237,10 @@ ONE_THREAD_BELOW = 512 << 10
 _GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
-def _prompt_threads(info: contract.ModelInfo) -> int:
-    """Intra-op threads for the prompt session when the caller left it to rnnx: 1 for small models, else 0."""
+def _small(info: contract.ModelInfo) -> bool:
+    """Whether a prompt-path step reads so few weight bytes that one intra-op thread beats several."""
     weight_bytes = 1 if info.weights == "int8" else 4
-    recurrent = info.layers * _GATES[info.cell] * info.hidden * info.hidden * weight_bytes
-    return 1 if recurrent < ONE_THREAD_BELOW else 0
+    return info.layers * _GATES[info.cell] * info.hidden * info.hidden * weight_bytes < ONE_THREAD_BELOW
 
 
 def _batch(prompts: object) -> int:
