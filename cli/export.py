@@ -41,6 +41,8 @@ def main(
             f"wrote {result.path} ({result.size_bytes / 1024:.0f} KiB, opset {opset}, {form} form, "
             f"{result.weights}); max |Δlogit| vs torch {result.max_logit_diff:.1e}"
         )
+        if result.prompt_diff is not None:
+            line += f"; prompt path max |Δ| {result.prompt_diff:.1e}"
         if result.int8_kl is not None:
             line += f"; int8 vs fp32: {result.int8_tensors} int8 weight matrices, KL {result.int8_kl:.1e} nats/token"
         typer.echo(line)
