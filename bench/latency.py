@@ -1,6 +1,6 @@
 """Per-token latency of one generation step, every way of running it, side by side in one run.
 
-    flock /tmp/rnnx-cpu.lock .venv/bin/python bench/latency.py            # 3 to 4 minutes on 2 cores
+    flock /tmp/rnnx-cpu.lock .venv/bin/python bench/latency.py            # about 10 minutes on 2 cores
     flock /tmp/rnnx-cpu.lock .venv/bin/python bench/latency.py --markdown docs/benchmarks.md
 
 Models: the tutorials' char models (embedding 256, LSTM 1024 or GRU 1024, vocab 65) and a small vanilla RNN
@@ -407,12 +407,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime")
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per row")
     parser.add_argument("--markdown", type=Path, help="also put the table into this file, between the markers")
+    parser.add_argument("--only", choices=[name.split()[0] for name in MODELS], help="measure one model only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows: list[Row] = []
     before, own_before = cpu_times(), os.times()
     with tempfile.TemporaryDirectory(prefix="rnnx-bench-") as tmp:
         for name, cfg in MODELS.items():
+            if args.only and name.split()[0] != args.only:
+                continue
             print(f"{name}: exporting and measuring", flush=True)
             rows += bench_model(name, cfg, Path(tmp), args.threads, args.seconds)
     cuda_note = "" if cuda_available() else f"\nCUDA rows ({'; '.join(CUDA_ROWS)}): skipped: no CUDA\n"

@@ -93,10 +93,8 @@ class Sampler:
 
     def __init__(self, config: SamplingConfig, batch: int, vocab: int, history: Sequence[Sequence[int]] = ()) -> None:
         self.config = config
-        seeds = np.random.SeedSequence(config.rng_seed)
-        self._rngs = [np.random.default_rng(seeds)] + [
-            np.random.default_rng(np.random.SeedSequence(seeds.entropy, spawn_key=(row,))) for row in range(1, batch)
-        ]
+        self._seeds = np.random.SeedSequence(config.rng_seed)  # entropy drawn now when rng_seed is None
+        self._made: list[np.random.Generator | None] = [None] * batch  # made at a row's first draw: greedy never
         self._rows = np.arange(batch)
         self._seen = np.zeros((batch, vocab), bool)  # with a penalty: which tokens each row's text holds so far
         self._penalized = config.repetition_penalty != 1
@@ -105,6 +103,14 @@ class Sampler:
         self._count = 0  # the first _count of them, so that a step's penalty costs the text's length only
         for row, ids in enumerate(history):
             self.remember(row, ids)
+
+    def _rng(self, row: int) -> np.random.Generator:
+        """Row `row`'s random generator: row 0 from the seed itself, row r from the seed's child r."""
+        rng = self._made[row]
+        if rng is None:
+            seeds = self._seeds if row == 0 else np.random.SeedSequence(self._seeds.entropy, spawn_key=(row,))
+            rng = self._made[row] = np.random.default_rng(seeds)
+        return rng
 
     # -- one row's state -----------------------------------------------------------------------------------------
 
@@ -118,11 +124,11 @@ class Sampler:
     def row_state(self, row: int) -> tuple[dict, np.ndarray]:
         """Row `row`'s random generator state (numpy's PCG64 dict) and the tokens its text holds, (vocab,) bool
         (kept only by a run with a repetition penalty; all False otherwise)."""
-        return self._rngs[row].bit_generator.state, self._seen[row].copy()
+        return self._rng(row).bit_generator.state, self._seen[row].copy()
 
     def restore_row(self, row: int, rng_state: dict, seen: np.ndarray) -> None:
         """Row `row` goes on from a `row_state`."""
-        self._rngs[row].bit_generator.state = rng_state
+        self._rng(row).bit_generator.state = rng_state
         self._seen[row] = seen
         if self._penalized:
             rows, ids = np.nonzero(self._seen)
@@ -216,7 +222,7 @@ class Sampler:
     def _sample(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Draw from softmax(logits / T), cut to the top-k and top-p tokens, one draw per row."""
         count, vocab = logits.shape
-        u = np.array([self._rngs[row].random() for row in rows.tolist()])  # each row's own generator
+        u = np.array([self._rng(row).random() for row in rows.tolist()])  # each row's own generator
         ids = np.empty(count, np.int64)
         size = max(1, _BLOCK // vocab)
         with np.errstate(over="ignore", invalid="ignore"):  # extreme logits overflow to -inf: weight 0

@@ -118,7 +118,8 @@ class CpuSteps:
         self._tokens = np.zeros(batch, np.int64)
         self._logits = np.zeros((batch, info.vocab_size), np.float32)
         self._states = [tuple(np.zeros(shape, np.float32) for _ in info.state_inputs) for _ in range(2)]
-        self._bindings = [self._bind(info, source) for source in (0, 1)]
+        self._info = info
+        self._bindings: list[ort.IOBinding] = []  # bound at the first step: a run that only reads needs none
         self._current = 0  # which buffer holds the state the next step reads
 
     def _bind(self, info: contract.ModelInfo, source: int) -> ort.IOBinding:
@@ -139,6 +140,8 @@ class CpuSteps:
         return feed_rows(self, self._reader, rows, tokens, start)
 
     def run(self, token_ids: np.ndarray) -> np.ndarray:
+        if not self._bindings:
+            self._bindings = [self._bind(self._info, source) for source in (0, 1)]
         self._tokens[:] = token_ids
         self._session.run_with_iobinding(self._bindings[self._current])
         self._current ^= 1
