@@ -25,7 +25,7 @@ app = make_app("Score a text with an exported rnnx .onnx model: mean next-token 
 
 @app.command()
 def main(
-    data: Annotated[Path, typer.Option(help="UTF-8 text file, or a folder of .txt files (read as rnn-train does).")],
+    data: Annotated[str, typer.Option(help="UTF-8 text file, or a folder of .txt files (read as rnn-train does).")],
     model: Annotated[Path, typer.Option(help="Exported .onnx file.")] = Path("artifacts/default/model.onnx"),
     streams: Annotated[
         int, typer.Option(help="Read the text as this many contiguous pieces side by side (rnn-train's protocol).")
@@ -40,6 +40,7 @@ def main(
         from tqdm import tqdm
 
         from rnnx.runtime import Model
+        from rnnx.runtime.errors import UsageError
         from rnnx.runtime.scoring import (
             check_held,
             check_streams,
@@ -50,6 +51,9 @@ def main(
             stream_cut,
         )
 
+        if not data.strip():
+            raise UsageError("--data is empty: give a text file or a folder (--data . for the current directory)")
+        data = Path(data)
         check_streams(streams)
         size = sum(f.stat().st_size for f in data_files(data))
         loaded = Model(model, provider=provider, threads=threads)

@@ -26,7 +26,7 @@ def describe(path: Path) -> dict[str, Any]:
     source = str(path)
     data = read_model_bytes(path)
     meta = read_metadata(data, source)
-    info = ModelInfo.from_metadata(meta, source)
+    info = ModelInfo.from_metadata(meta, source, len(data))
     facts = read_facts(data, source)
     tokenizer = tokenizer_from_dict(info.tokenizer)
     if len(tokenizer.vocab) != info.vocab_size:
@@ -62,7 +62,8 @@ def main(
         shown = {**facts, "size_bytes": f"{facts['size_bytes']:,} ({_human(facts['size_bytes'])})"}
         width = max(len(key) for key in shown)
         for key, value in shown.items():
-            typer.echo(f"{key:<{width}}  {value}")
+            text = str(value)
+            typer.echo(f"{key:<{width}}  {text if text.isprintable() else repr(text)}")  # no forged lines
 
 
 def _human(size: int) -> str:

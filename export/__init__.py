@@ -18,8 +18,10 @@ from rnnx.export.verify import (
     verify_prompt_path,
     verify_step_graph,
 )
+from rnnx.runtime import contract
 from rnnx.runtime.contract import DEFAULT_OPSET, WEIGHT_FORMATS, ModelInfo, check_opset
-from rnnx.runtime.errors import ExportCheckError, UsageError
+from rnnx.runtime.errors import ExportCheckError, ModelFileError, UsageError
+from rnnx.runtime.onnxfile import read_metadata, read_model_bytes
 from rnnx.trainer.checkpoint import WEIGHTS, load_model, write_atomic
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ def _check_options(output: Path, opset: int, quantize: str | None, form: str) ->
     check_opset(opset)
     if output.is_dir():
         raise UsageError(f"--output {output} is a directory: give a file path such as {output / ONNX_NAME}")
+    if output.exists() and not _is_rnnx_export(output):
+        raise UsageError(
+            f"--output {output} exists and is not an rnnx .onnx file: refusing to overwrite it; give a new path"
+        )
     weights = quantize or "fp32"
     if weights not in WEIGHT_FORMATS:
         raise UsageError(f"unknown quantization {quantize!r}: choose one of none, {', '.join(WEIGHT_FORMATS[1:])}")
@@ -50,6 +56,14 @@ def _check_options(output: Path, opset: int, quantize: str | None, form: str) ->
     if weights == "int8" and form != "matmul":
         raise UsageError("int8 quantization needs the matmul graph form: drop --form op")
     return weights
+
+
+def _is_rnnx_export(path: Path) -> bool:
+    """Whether `path` is a file rnn-export wrote (an ONNX model with rnnx metadata): the only kind it replaces."""
+    try:
+        return path.is_file() and contract.META_FORMAT in read_metadata(read_model_bytes(path), str(path))
+    except (ModelFileError, OSError):
+        return False
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

@@ -134,11 +134,11 @@ class ModelInfo:
         if META_FORMAT not in meta:
             raise ModelFileError(f"{source} has no rnnx metadata: export it with rnn-export")
         try:
-            version = int(meta[META_FORMAT])
+            version = _size(meta[META_FORMAT])
         except ValueError:
-            raise ModelFileError(f"{source}: unreadable {META_FORMAT} {meta[META_FORMAT]!r}") from None
+            raise ModelFileError(f"{source}: unreadable {META_FORMAT} {_short(meta[META_FORMAT])}") from None
         if version < 1:
-            raise ModelFileError(f"{source}: unreadable {META_FORMAT} {meta[META_FORMAT]!r}")
+            raise ModelFileError(f"{source}: unreadable {META_FORMAT} {_short(meta[META_FORMAT])}")
         if version > FORMAT_VERSION:
             raise ModelFileError(
                 f"{source} has rnnx format version {version}, newer than this runtime reads "
@@ -146,7 +146,8 @@ class ModelInfo:
             )
         unknown = sorted(set(meta) - META_KEYS - META_OPTIONAL_KEYS)
         if unknown:
-            raise ModelFileError(f"{source} carries metadata rnnx did not write ({', '.join(unknown)}): refusing it")
+            names = ", ".join(_short(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            raise ModelFileError(f"{source} carries metadata rnnx did not write ({names}): refusing it")
         missing = sorted(META_KEYS - set(meta))
         if missing:
             raise ModelFileError(f"{source} lacks rnnx metadata {', '.join(missing)}: re-export it")
@@ -167,7 +168,7 @@ class ModelInfo:
             raise ModelFileError(f"{source}: the tokenizer metadata is nested too deeply: re-export it") from None
         if info.weights not in WEIGHT_FORMATS:
             raise ModelFileError(
-                f"{source} stores its weights as {info.weights!r}, which this runtime does not know "
+                f"{source} stores its weights as {_short(info.weights)}, which this runtime does not know "
                 f"({', '.join(WEIGHT_FORMATS)}): upgrade rnnx"
             )
         if info.cell not in CELLS or min(info.layers, info.hidden, info.vocab_size) < 1:
@@ -183,6 +184,11 @@ class ModelInfo:
                 f"more than its {file_bytes} bytes can hold: refusing it"
             )
         return info
+
+
+def _short(text: str, most: int = 40) -> str:
+    """`text` for an error line: quoted, and cut to `most` characters (metadata values can be megabytes)."""
+    return repr(text) if len(text) <= most else repr(text[:most]) + f"... ({len(text)} characters)"
 
 
 def _size(text: str) -> int:

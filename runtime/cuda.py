@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnx.runtime import contract
+from rnnx.runtime.session import run_failed
 from rnnx.runtime.steps import PromptReader, State, feed_rows
 
 DEVICE = "cuda"
@@ -93,7 +94,10 @@ class CudaSteps:
         current = self._current
         with self._lock:
             self._tokens.update_inplace(np.ascontiguousarray(token_ids, np.int64))
-            self._session.run_with_iobinding(self._bindings[current], self._run_options[current])
+            try:
+                self._session.run_with_iobinding(self._bindings[current], self._run_options[current])
+            except Exception as exc:  # onnxruntime's own exception types: the file's graph failed
+                raise run_failed(self._reader.source, exc) from None
             logits = self._logits.numpy()  # the only copy to the host per step
         self._current = 1 - current
         return logits

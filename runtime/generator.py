@@ -73,6 +73,10 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def _texts(texts: Sequence[str], batch: int | None, what: str) -> list[str]:
     if isinstance(texts, str) or not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
         raise UsageError(f"{what} must be a list of strings, one per row")
@@ -102,7 +106,7 @@ class Generator:
         resume = list(resume) if resume is not None else [None] * batch
         if len(resume) != batch:
             raise UsageError(f"resume must hold one snapshot (or None) per prompt: {len(resume)} for {batch} prompts")
-        if max_new_words is not None and (not isinstance(max_new_words, int) or max_new_words < 0):
+        if max_new_words is not None and (not _is_int(max_new_words) or max_new_words < 0):
             raise UsageError(f"max_new_words must be 0 or more, got {max_new_words!r}")
         self._model = model
         self._tokenizer = model.tokenizer
@@ -147,21 +151,24 @@ class Generator:
 
     # -- text in -------------------------------------------------------------------------------------------------
 
-    def append(self, texts: Sequence[str]) -> None:
+    def append(self, texts: Sequence[str]) -> list[str]:
         """Read `texts[row]` into each row ("" for a row that gets nothing), after whatever it read or generated.
 
         A row that gets text is open again: it may generate up to the run's budget (max_new_tokens, or
         max_new_words) anew, whether it had finished or not. Rows of equal length are read together, one
-        prompt-path call per piece.
+        prompt-path call per piece. Returns, per row, generated text that was held back because it might
+        have begun a stop string and that the row now releases: it comes before the appended text ("" mostly).
         """
         self._live()
         texts = _texts(texts, len(self._finished), "texts")
-        self._read({row: ids for row, ids in enumerate(map(self._tokenizer.encode, texts)) if ids})
+        return self._read({row: ids for row, ids in enumerate(map(self._tokenizer.encode, texts)) if ids})
 
-    def _read(self, encoded: dict[int, list[int]]) -> None:
-        """Feed each row its token ids (rows absent get nothing), grouped by length, and open those rows."""
+    def _read(self, encoded: dict[int, list[int]]) -> list[str]:
+        """Feed each row its token ids (rows absent get nothing), grouped by length, and open those rows;
+        the held-back text each row releases."""
+        released = [""] * len(self._finished)
         if not encoded:
-            return
+            return released
         steps = self._live()
         self._settle()
         by_length: dict[int, list[int]] = {}
@@ -179,9 +186,13 @@ class Generator:
             tokens = np.array([encoded[row] for row in rows], np.int64)  # (n, T)
             self._logits[rows] = steps.feed(rows, tokens, start)
         for row, ids in encoded.items():
+            stops = self._stops[row]
+            if stops is not None:
+                released[row] = stops.flush()
             self._prev[row] = ids[-1]
             self._sampler.remember(row, ids)
             self._open(row)
+        return released
 
     def _open(self, row: int) -> None:
         self._saved.pop(row, None)  # the buffers hold its exact state from here on
@@ -267,8 +278,9 @@ class Generator:
         its text is out, typically when it has finished.
         """
         steps = self._live()
-        if not isinstance(row, int) or not 0 <= row < len(self._finished):
+        if not _is_int(row) or not 0 <= row < len(self._finished):
             raise UsageError(f"row must be 0 to {len(self._finished) - 1}, got {row!r}")
+        row = int(row)
         self._settle()
         if row in self._saved:
             state, logits = self._saved[row]

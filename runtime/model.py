@@ -28,7 +28,7 @@ from rnnx.runtime.generator import Generator, collect
 from rnnx.runtime.onnxfile import MAX_MODEL_BYTES, extract, read_facts, read_metadata, read_model_bytes
 from rnnx.runtime.sampling import SamplingConfig
 from rnnx.runtime.scoring import Score, score
-from rnnx.runtime.session import CUDA, PROVIDERS, check_io, open_session
+from rnnx.runtime.session import CUDA, PROVIDERS, check_io, open_session, run_failed
 from rnnx.runtime.steps import CpuSteps, PromptReader, State, Steps
 from rnnx.runtime.tokenizer import tokenizer_from_dict
 
@@ -100,7 +100,7 @@ class Model:
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("gpu_graph_id", NO_GRAPH)
             lock = threading.Lock()
-        self._reader = PromptReader(self.step, prompt_session, self.info, lock)
+        self._reader = PromptReader(self.step, prompt_session, self.info, lock, source)
         if lock is not None:
             self._graph_pool = GraphPool(session, self.info, self._reader, lock=lock)
 
@@ -129,7 +129,10 @@ class Model:
         feeds = {contract.TOKENS: tokens, **dict(zip(self.info.state_inputs, state))}
         lock = self._graph_pool.lock if self._graph_pool is not None else contextlib.nullcontext()
         with lock:
-            logits, *next_state = self.session.run(self._outputs, feeds, self._run_options)
+            try:
+                logits, *next_state = self.session.run(self._outputs, feeds, self._run_options)
+            except Exception as exc:  # onnxruntime's own exception types: the file's graph failed
+                raise run_failed(str(self.path), exc) from None
         if logits.shape != (len(tokens), self.info.vocab_size):
             raise ModelFileError(f"{self.path} computed logits of shape {logits.shape}, not [batch, vocabulary]")
         return logits, tuple(next_state)

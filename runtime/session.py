@@ -88,12 +88,25 @@ def open_session(
                 )
             if cuda_graph:
                 log.info("no usable GPU: running on the CPU without CUDA graphs")
-        return ort.InferenceSession(data, session_options(threads, spin), providers=[CPU])
+        # onnxruntime's Python wrapper prints an "EP Error" banner to stdout when a session fails: keep it out
+        with contextlib.redirect_stdout(io.StringIO()):
+            return ort.InferenceSession(data, session_options(threads, spin), providers=[CPU])
     except RnnxError:
         raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{source} could not be loaded by onnxruntime: {first}") from None
+        if len(first) > 200:
+            first = first[:197] + "..."
+        raise ModelFileError(f"{source} could not be loaded by onnxruntime ({first}): re-export it") from None
+
+
+def run_failed(source: str, exc: BaseException) -> ModelFileError:
+    """The one-line error for a graph that loaded but fails while it runs (a broken or crafted file)."""
+    lines = str(exc).strip().splitlines()
+    first = lines[-1] if lines else type(exc).__name__  # onnxruntime puts the reason on the last line
+    if len(first) > 200:
+        first = first[:197] + "..."
+    return ModelFileError(f"{source} failed while running ({first}): the file is broken; re-export it")
 
 
 def check_io(session: ort.InferenceSession, info: contract.ModelInfo, source: str, prompt: bool = False) -> None:

@@ -103,8 +103,11 @@ def decode(blob: bytes, info: contract.ModelInfo, fingerprint: str) -> Snapshot:
         )
     sizes = (cell, tensors, layers, hidden, vocab)
     want = (contract.CELLS.index(info.cell), len(info.state_inputs), info.layers, info.hidden, info.vocab_size)
-    if sizes != want or len(blob) != expected_size(info):
+    if sizes != want:
         raise ModelFileError(f"the snapshot's sizes {sizes} do not fit this model {want}: it is not from this file")
+    if len(blob) != expected_size(info):
+        want_bytes = expected_size(info)
+        raise UsageError(f"the snapshot is {len(blob)} bytes, not the {want_bytes} its sizes need: take a new one")
     if not 0 <= last_id < vocab:
         raise UsageError(f"the snapshot's last token {last_id} is outside the vocabulary: take a new one")
     offset = _HEAD.size

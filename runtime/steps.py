@@ -23,6 +23,8 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnx.runtime import contract
+from rnnx.runtime.errors import ModelFileError
+from rnnx.runtime.session import run_failed
 
 State = tuple[np.ndarray, ...]
 
@@ -47,7 +49,9 @@ class PromptReader:
         prompt: ort.InferenceSession | None,
         info: contract.ModelInfo,
         lock: contextlib.AbstractContextManager | None = None,
+        source: str = "the model",
     ) -> None:
+        self.source = source  # for error messages
         self._step = step
         self._prompt = prompt
         self._info = info
@@ -69,7 +73,12 @@ class PromptReader:
         for start in range(0, tokens.shape[1], piece):
             feeds = {contract.PROMPT: tokens[:, start : start + piece], **dict(zip(self._info.state_inputs, state))}
             with self._lock:
-                logits, *state = self._prompt.run(outputs, feeds)
+                try:
+                    logits, *state = self._prompt.run(outputs, feeds)
+                except Exception as exc:  # onnxruntime's own exception types: the file's graph failed
+                    raise run_failed(self.source, exc) from None
+        if logits.shape != (tokens.shape[0], self._info.vocab_size):
+            raise ModelFileError(f"{self.source} computed logits of shape {logits.shape}, not [batch, vocabulary]")
         return logits, tuple(state)
 
 
@@ -143,7 +152,10 @@ class CpuSteps:
         if not self._bindings:
             self._bindings = [self._bind(self._info, source) for source in (0, 1)]
         self._tokens[:] = token_ids
-        self._session.run_with_iobinding(self._bindings[self._current])
+        try:
+            self._session.run_with_iobinding(self._bindings[self._current])
+        except Exception as exc:  # onnxruntime's own exception types: the file's graph failed
+            raise run_failed(self._reader.source, exc) from None
         self._current ^= 1
         return self._logits
 

@@ -157,3 +157,12 @@ def test_the_installed_command(default_onnx: Path, tmp_path: Path) -> None:
     missing = subprocess.run([str(BIN / "rnn-info")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     lines = missing.stderr.strip().splitlines()
     assert missing.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), missing.stderr
+
+
+def test_empty_data_path_is_refused_by_rnn_eval(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rnnx.cli import eval as eval_cli
+
+    result = CliRunner().invoke(eval_cli.app, ["--data", "", "--model", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2 and "--data is empty" in result.stderr

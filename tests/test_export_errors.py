@@ -89,12 +89,12 @@ def test_failed_verification_writes_nothing(model_dir: Path, tmp_path: Path, mon
         weight.raw_data = bytes(data)
         return proto
 
-    monkeypatch.setattr("rnnx.export.build_step_graph", corrupted)
     out = tmp_path / "model.onnx"
-    out.write_bytes(b"the previous export")
+    previous = export_model(model_dir, out, form=form).path.read_bytes()
+    monkeypatch.setattr("rnnx.export.build_step_graph", corrupted)
     with pytest.raises(ExportCheckError, match="disagree"):
         export_model(model_dir, out, form=form)
-    assert out.read_bytes() == b"the previous export"
+    assert out.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.onnx"]  # no temporary left behind
 
 
@@ -123,3 +123,15 @@ def test_a_model_replaced_during_export_is_not_written(
     with pytest.raises(ExportCheckError, match="changed while it was being exported"):
         export_module.export_model(trained, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "checkpoint.safetensors", "notes.txt"])
+def test_output_never_replaces_a_file_that_is_not_an_export(model_dir: Path, name: str) -> None:
+    """--output pointing at the weights, the checkpoint or any other file is refused; the file is kept."""
+    target = model_dir / name
+    if not target.exists():
+        target.write_text("my notes")
+    before = target.read_bytes()
+    result = runner.invoke(export_cli.app, [str(model_dir), "--output", str(target)])
+    assert_clean_usage_error(result, "not an rnnx .onnx file")
+    assert target.read_bytes() == before

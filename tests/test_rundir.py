@@ -167,3 +167,13 @@ def test_empty_paths_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     result = runner.invoke(app, [flag, "", *other, "--epochs", "1"])
     assert result.exit_code == 2 and f"{flag} is empty" in one_error_line(result)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_run_that_saved_nothing_does_not_suggest_resume(tmp_path: Path) -> None:
+    """A first run that diverged leaves only its metrics: the advice is --overwrite, never a --resume that fails."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    result = runner.invoke(app, ["--out", str(out), "--epochs", "3"])
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "--overwrite" in line and "--resume" not in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -199,3 +200,27 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path, proto: onnx.Mo
     small = save(proto, tmp_path / "m.onnx")
     with pytest.raises(ModelFileError, match="raise max_bytes"):
         Model(small, provider="cpu", max_bytes=1000)
+
+
+def test_a_graph_that_fails_while_running_is_one_error(tmp_path: Path) -> None:
+    """A file that loads but whose graph fails at run time (here: a Reshape that cannot fit) is a
+    ModelFileError naming the file, from the step path and from the prompt path alike."""
+    from rnnx.export.graph import build_model_graph
+
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer.build("abcdefgh ")
+    model = RNNLM(ModelConfig(cell="gru", vocab_size=len(tokenizer.vocab), embed=4, hidden=8)).eval()
+    for broken in (contract.LOGITS, contract.PROMPT_LOGITS):
+        proto = build_model_graph(model, tokenizer, 17, "matmul")
+        graph = proto.graph
+        for node in graph.node:
+            node.output[:] = [f"{broken}_pre" if o == broken else o for o in node.output]
+        shapes = [("odd", [7, -1]), ("back", [-1, len(tokenizer.vocab)])]
+        graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v, np.int64), n) for n, v in shapes)
+        graph.node.append(onnx.helper.make_node("Reshape", [f"{broken}_pre", "odd"], [f"{broken}_odd"]))
+        graph.node.append(onnx.helper.make_node("Reshape", [f"{broken}_odd", "back"], [broken]))
+        path = tmp_path / f"{broken}.onnx"
+        path.write_bytes(proto.SerializeToString())
+        loaded = Model(path, provider="cpu")
+        with pytest.raises(ModelFileError, match="failed while running .*re-export it"):
+            loaded.generate("abc", 5)

@@ -132,6 +132,17 @@ def test_rows_left_alone_keep_their_exact_state(model: Model) -> None:
     assert texts[1] + "b" + tail == model.generate(texts[1] + "b", 5)
 
 
+def test_append_releases_text_held_back_for_a_stop_string(model: Model) -> None:
+    """Generated text held back because it might begin a stop string is not lost when text is appended."""
+    full = model.generate("the fox", 12)[len("the fox") :]
+    stop = full[8:10] + "\x00"  # starts like the text at 8, never completes: pieces 8-9 are held back
+    with model.generator(["the fox"], SamplingConfig(max_new_tokens=30, stop=(stop,))) as run:
+        shown = "".join(run.step()[0] for _ in range(10))
+        released = run.append([" dog"])
+    assert shown == full[:8] and released == [full[8:10]]
+    assert shown + released[0] == full[:10]
+
+
 def test_append_checks_its_argument(model: Model) -> None:
     with model.generator(["the", "a"]) as run:
         with pytest.raises(UsageError, match="2 strings"):

@@ -19,6 +19,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 LIMIT_FIELDS = ("epochs", "steps", "minutes", "device", "precision", "max_data_mb")  # what a resume may change
 
 
+MAX_LR = 1e30  # float32 optimizer arithmetic overflows past ~3e38; far below that, training diverges anyway
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: Path | None = None  # a text file or a folder of .txt files; None trains on the built-in three sentences
@@ -63,8 +66,8 @@ class TrainConfig:
             raise UsageError(f"max-data-mb must be 0 (automatic) or more, got {self.max_data_mb}")
         if self.minutes < 0:
             raise UsageError(f"minutes must be 0 or more, got {self.minutes}")
-        if not self.lr > 0:
-            raise UsageError(f"learning rate must be positive, got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:
+            raise UsageError(f"learning rate must be positive, at most {MAX_LR:g}, got {self.lr}")
         if not 0 <= self.state_reset <= 1:
             raise UsageError(f"state-reset is a probability in [0, 1] (0 is off), got {self.state_reset}")
         if not 0 <= self.ema < 1:

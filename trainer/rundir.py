@@ -77,9 +77,11 @@ def start_fresh(out: Path, overwrite: bool) -> None:
     if not held:
         return
     if not overwrite:
+        resumable = (out / TRAIN_STATE).exists()
         raise RnnxError(
             f"{out} already holds a run ({', '.join(held)}): pass --overwrite to replace it, "
-            f"--resume to continue it, or another --out"
+            + ("--resume to continue it, " if resumable else "")
+            + "or another --out"
         )
     for path in [out / TRAIN_STATE, *exports(out), out / WEIGHTS, out / CONFIG, out / METRICS, out / PLOT]:
         path.unlink(missing_ok=True)
