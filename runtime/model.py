@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PROVIDERS", "Model", "State"]
 
+MAX_BATCH = 1 << 20  # rows in one run; far past what fits any machine's memory at useful model sizes
+
 
 class Model:
     """An exported rnnx model, loaded from its `.onnx` file alone.
@@ -59,6 +61,10 @@ class Model:
         cuda_graph: bool = False,
         max_bytes: int = MAX_MODEL_BYTES,
     ) -> None:
+        if not isinstance(path, str | Path):
+            raise UsageError(f"the model path must be a str or Path, got {type(path).__name__}")
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+            raise UsageError(f"max_bytes must be a positive whole number, got {max_bytes!r}")
         path = Path(path)
         source = str(path)
         data = read_model_bytes(path, max_bytes)
@@ -100,7 +106,7 @@ class Model:
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("gpu_graph_id", NO_GRAPH)
             lock = threading.Lock()
-        self._reader = PromptReader(self.step, prompt_session, self.info, lock, source)
+        self._reader = PromptReader(self._step, prompt_session, self.info, lock, source)
         if lock is not None:
             self._graph_pool = GraphPool(session, self.info, self._reader, lock=lock)
 
@@ -121,11 +127,17 @@ class Model:
     # -- one graph call at a time, state on the host (tests, export checks, prompt ingestion) ------------------
 
     def initial_state(self, batch: int = 1) -> State:
+        _check_batch(batch)
         shape = (self.info.layers, batch, self.info.hidden)
         return tuple(np.zeros(shape, np.float32) for _ in self.info.state_inputs)
 
     def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """One graph call: `tokens` [batch] int64 -> logits [batch, vocab] and the next state."""
+        self._check(tokens, 1, state)
+        return self._step(tokens, state)
+
+    def _step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """`step` without the argument checks, for inputs the runtime made itself (prompts of v1 files)."""
         feeds = {contract.TOKENS: tokens, **dict(zip(self.info.state_inputs, state))}
         lock = self._graph_pool.lock if self._graph_pool is not None else contextlib.nullcontext()
         with lock:
@@ -140,13 +152,28 @@ class Model:
     def read(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Read `tokens` [batch, length] int64 from `state`: the logits after each row's last token and the
         state after all of them; the prompt path, in as few graph calls as memory allows."""
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or not tokens.shape[1] or tokens.dtype != np.int64:
-            raise UsageError(f"tokens must be int64 [batch, length] with length ≥ 1, got {tokens.dtype} {tokens.shape}")
+        self._check(tokens, 2, state)
         return self._reader.read(tokens, state)
+
+    def _check(self, tokens: np.ndarray, ndim: int, state: State) -> None:
+        """Refuse tokens and states that are not what the graph takes (a UsageError naming the argument)."""
+        want = "[batch]" if ndim == 1 else "[batch, length] with length ≥ 1"
+        if not isinstance(tokens, np.ndarray) or tokens.ndim != ndim or tokens.dtype != np.int64 or not tokens.size:
+            got = f"{tokens.dtype} {tokens.shape}" if isinstance(tokens, np.ndarray) else type(tokens).__name__
+            raise UsageError(f"tokens must be an int64 numpy array {want}, got {got}")
+        if tokens.min() < 0 or tokens.max() >= self.info.vocab_size:
+            raise UsageError(f"token ids must be from 0 to {self.info.vocab_size - 1} (the vocabulary)")
+        shape = (self.info.layers, tokens.shape[0], self.info.hidden)
+        if (
+            not isinstance(state, tuple | list)
+            or len(state) != len(self.info.state_inputs)
+            or any(not isinstance(s, np.ndarray) or s.dtype != np.float32 or s.shape != shape for s in state)
+        ):
+            raise UsageError(f"state must be {len(self.info.state_inputs)} float32 array(s) of shape {shape}")
 
     def open_steps(self, batch: int) -> Steps:
         """The buffers of one run, on the session's device: what `Generator` feeds every token through."""
+        _check_batch(batch)
         if self._graph_pool is not None:
             return self._graph_pool.acquire(batch)
         if self.provider == CUDA:
@@ -160,6 +187,10 @@ class Model:
     def new_tokens_for_length(self, prompt: str, length: int, *, words: bool = False) -> int:
         """How many tokens (with `words`: word tokens, punctuation not counted) to generate so that the whole
         text, prompt included, is `length` of them long."""
+        if not isinstance(prompt, str):
+            raise UsageError(f"the prompt must be a string, got {type(prompt).__name__}")
+        if not isinstance(length, int | np.integer) or isinstance(length, bool):
+            raise UsageError(f"the length must be a whole number, got {length!r}")
         ids = self.tokenizer.encode(prompt)
         if not ids:
             raise UsageError("the seed text is empty: give at least one token to start from")
@@ -238,6 +269,11 @@ class Model:
 # thread vs 10.3 on two, the small RNN 256 3.3 vs 5.1; LSTM 256, 1 MiB, 17.8 vs 15.5; LSTM 384 84 vs 35).
 ONE_THREAD_BELOW = 512 << 10
 _GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def _check_batch(batch: object) -> None:
+    if not isinstance(batch, int | np.integer) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
+        raise UsageError(f"batch must be a whole number from 1 to {MAX_BATCH}, got {batch!r}")
 
 
 def _small(info: contract.ModelInfo) -> bool:

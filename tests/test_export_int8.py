@@ -116,12 +116,12 @@ def test_drifting_int8_graph_writes_nothing(lines_lstm: Path, tmp_path: Path, mo
                 init.raw_data = (scale * 4).astype(np.float32).tobytes()
         return quantized
 
-    monkeypatch.setattr("rnnx.export.quantize_int8", spoiled)
     out = tmp_path / "m.onnx"
-    out.write_bytes(b"old")
+    old = export_model(lines_lstm, out).path.read_bytes()  # a good export already there
+    monkeypatch.setattr("rnnx.export.quantize_int8", spoiled)
     with pytest.raises(ExportCheckError, match="int8 graph drifts"):
         export_model(lines_lstm, out, quantize="int8")
-    assert out.read_bytes() == b"old"
+    assert out.read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
