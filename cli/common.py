@@ -122,6 +122,12 @@ class _App(typer.Typer):
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             _echo(f"error: {message} (see --help)")
             sys.exit(getattr(exc, "exit_code", USAGE_EXIT))
+        except BrokenPipeError:  # --help or --version into a reader that went away (`| head -1`): fine
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except OSError as exc:  # --help or --version into a full disk or /dev/full
+            _echo(f"error: cannot write the output: {exc.strerror or exc}")
+            sys.exit(ERROR_EXIT)
         except (Exception, KeyboardInterrupt):
             if _Interrupts.received or sys.exc_info()[0] is KeyboardInterrupt:
                 _exit_interrupted()

@@ -155,3 +155,16 @@ def test_keyboard_interrupt_in_a_command_under_clirunner() -> None:
 
     result = runner.invoke(app, [])
     assert (result.exit_code, result.stderr) == (130, "interrupted\n")
+
+
+def test_version_into_a_full_device_is_one_error_line() -> None:
+    """`--version > /dev/full`: one `error:` line and exit 1, not an OSError traceback."""
+    import shutil
+
+    script = shutil.which("rnn-info") or str(Path(sys.executable).with_name("rnn-info"))
+    if not Path("/dev/full").exists() or not Path(script).exists():
+        pytest.skip("needs /dev/full and the installed rnn-info script")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([script, "--version"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["error: cannot write the output: No space left on device"]
