@@ -20,7 +20,7 @@ def main(
     ),
     opset: Annotated[int, typer.Option(help=f"ONNX opset, {OPSET_MIN} to {OPSET_MAX}.")] = DEFAULT_OPSET,
     output: Annotated[
-        Path | None, typer.Option(help="Where to write the .onnx file; default MODEL_DIR/model.onnx.")
+        str | None, typer.Option(help="Where to write the .onnx file; default MODEL_DIR/model.onnx.")
     ] = None,
     quantize: Annotated[
         str, typer.Option(help="none, or int8: int8 recurrent weights for faster CPU inference.")
@@ -34,9 +34,20 @@ def main(
     with user_errors():
         from rnnx.export import export_model
         from rnnx.export.graph import DEFAULT_FORM
+        from rnnx.runtime.errors import UsageError
 
+        if output is not None and (not output.strip() or output.endswith(("/", "\\"))):
+            raise UsageError(
+                f"--output {output!r} is not a file path: give one such as {Path(output or '.') / 'model.onnx'}"
+            )
         form = form or DEFAULT_FORM
-        result = export_model(model_dir, output, opset, quantize=None if quantize == "none" else quantize, form=form)
+        result = export_model(
+            model_dir,
+            Path(output) if output else None,
+            opset,
+            quantize=None if quantize == "none" else quantize,
+            form=form,
+        )
         line = (
             f"wrote {result.path} ({result.size_bytes / 1024:.0f} KiB, opset {opset}, {form} form, "
             f"{result.weights}); max |Δlogit| vs torch {result.max_logit_diff:.1e}"

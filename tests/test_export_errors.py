@@ -135,3 +135,10 @@ def test_output_never_replaces_a_file_that_is_not_an_export(model_dir: Path, nam
     result = runner.invoke(export_cli.app, [str(model_dir), "--output", str(target)])
     assert_clean_usage_error(result, "not an rnnx .onnx file")
     assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("output", ["newdir/", ""])
+def test_output_that_is_not_a_file_path(model_dir: Path, tmp_path: Path, output: str) -> None:
+    result = runner.invoke(export_cli.app, [str(model_dir), "--output", f"{tmp_path}/{output}" if output else ""])
+    assert_clean_usage_error(result, "is not a file path")
+    assert not (tmp_path / "newdir").exists()
