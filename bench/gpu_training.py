@@ -7,9 +7,7 @@ Run by bench/gpu_campaign.py (`train`, `quality`).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import math
 import shutil
 import sys
 import time
@@ -39,70 +37,13 @@ QUALITY_SMOKE = {"hidden": 32, "layers": 1, "embed": 16}  # without CUDA: only t
 
 
 def plain_loop_on(m: Any, c: Any, train_ids: Any, seconds: float, device: Any) -> dict[str, Any]:
-    """bench/train_quality.py's plain loop on `device`: the original when it takes a device, else this copy of it
-    (same model class, batches, optimizer, schedule, clipping, resets and autocast as the trainer would use)."""
-    import torch
-    from torch import nn
-
+    """bench/train_quality.py's plain loop on `device`: its stats, with the wall time."""
     sys.path.insert(0, str(BENCH))
     import train_quality
 
-    from rnnx.trainer.train import use_bf16
-
-    if "device" in inspect.signature(train_quality.plain_loop).parameters:
-        begin = time.monotonic()
-        stats = train_quality.plain_loop(m, c, train_ids, seconds, device=device)[1]
-        return {**stats, "wall": stats.get("wall", time.monotonic() - begin)}
-    torch.manual_seed(c.rng_seed)
-    model = train_quality.PlainLM(m).to(device)
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    vectors = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": matrices, "weight_decay": c.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=c.lr)
-    average = [p.detach().clone() for p in model.parameters()]  # --ema: the weights scored at the end
-    B, T = c.batch_size, c.seq_len
-    bf16 = use_bf16(c.precision, device)
-    ids = train_ids.to(device)
-    gen = torch.Generator().manual_seed(c.rng_seed)
-    step, tokens, train_time, start = 0, 0, 0.0, time.monotonic()
-    while time.monotonic() - start < seconds:
-        offset = int(torch.randint(T, (1,), generator=gen))
-        n = (len(ids) - T) // B
-        streams = ids[offset : offset + B * n].view(B, n)  # (B, N)
-        hc = None
-        for i in range(0, n - T - 1, T):
-            elapsed = time.monotonic() - start
-            if elapsed >= seconds:
-                break
-            t0 = time.monotonic()
-            warm = min(1.0, (step + 1) / c.warmup) if c.warmup else 1.0
-            lr = c.lr * warm * (c.min_lr + (1 - c.min_lr) * 0.5 * (1 + math.cos(math.pi * elapsed / seconds)))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            x, y = streams[:, i : i + T], streams[:, i + 1 : i + T + 1]  # (B, T)
-            if hc is not None and c.state_reset:
-                keep = (torch.rand(B, device=device) >= c.state_reset).float()[:, None]  # (B, 1)
-                hc = [tuple(s * keep for s in layer) for layer in hc]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits, hc = model(x, hc)
-            loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), c.clip)
-            opt.step()
-            if c.ema:
-                with torch.no_grad():
-                    for a, p in zip(average, model.parameters()):
-                        a.lerp_(p, 1 - min(c.ema, (1 + step) / (10 + step)))
-            hc = [tuple(s.detach().float() for s in layer) for layer in hc]
-            step, tokens = step + 1, tokens + B * T
-            train_time += time.monotonic() - t0
-    t0 = time.monotonic()
-    if device.type == "cuda":
-        torch.cuda.synchronize()  # the steps queued but not yet run are training time too
-    train_time += time.monotonic() - t0
-    wall = time.monotonic() - start
-    return {"steps": step, "tokens": tokens, "tokens_per_second": tokens / max(train_time, 1e-9), "wall": wall}
+    begin = time.monotonic()
+    stats = train_quality.plain_loop(m, c, train_ids, seconds, device=device)[1]
+    return {**stats, "wall": time.monotonic() - begin}
 
 
 def train_step(args: argparse.Namespace) -> int:

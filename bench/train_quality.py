@@ -75,9 +75,13 @@ class PlainLM(nn.Module):
         return out
 
 
-def plain_loop(m: ModelConfig, c: TrainConfig, train_ids: torch.Tensor, seconds: float) -> tuple[PlainLM, dict]:
+def plain_loop(
+    m: ModelConfig, c: TrainConfig, train_ids: torch.Tensor, seconds: float, device: torch.device | None = None
+) -> tuple[PlainLM, dict]:
+    device = device or torch.device("cpu")
     torch.manual_seed(c.rng_seed)
-    model = PlainLM(m)
+    model = PlainLM(m).to(device)
+    train_ids = train_ids.to(device)
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -85,7 +89,7 @@ def plain_loop(m: ModelConfig, c: TrainConfig, train_ids: torch.Tensor, seconds:
     )
     average = [p.detach().clone() for p in model.parameters()]  # --ema: the weights scored at the end
     B, T = c.batch_size, c.seq_len
-    bf16 = use_bf16(c.precision, torch.device("cpu"))
+    bf16 = use_bf16(c.precision, device)
     gen = torch.Generator().manual_seed(c.rng_seed)
     step, tokens, train_time, start = 0, 0, 0.0, time.monotonic()
     while time.monotonic() - start < seconds:
@@ -104,9 +108,9 @@ def plain_loop(m: ModelConfig, c: TrainConfig, train_ids: torch.Tensor, seconds:
                 g["lr"] = lr
             x, y = streams[:, i : i + T], streams[:, i + 1 : i + T + 1]
             if hc is not None and c.state_reset:  # some streams start this step from a zero state
-                keep = (torch.rand(B) >= c.state_reset).float()[:, None]  # (B, 1)
+                keep = (torch.rand(B, device=device) >= c.state_reset).float()[:, None]  # (B, 1)
                 hc = [tuple(s * keep for s in layer) for layer in hc]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits, hc = model(x, hc)
             loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
             opt.zero_grad(set_to_none=True)
@@ -120,6 +124,10 @@ def plain_loop(m: ModelConfig, c: TrainConfig, train_ids: torch.Tensor, seconds:
             hc = [tuple(s.detach().float() for s in layer) for layer in hc]
             step, tokens = step + 1, tokens + B * T
             train_time += time.monotonic() - t0
+    t0 = time.monotonic()
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # the steps queued but not yet run are training time too
+    train_time += time.monotonic() - t0
     if c.ema:
         with torch.no_grad():
             for a, p in zip(average, model.parameters()):

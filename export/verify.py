@@ -70,10 +70,6 @@ def check_graph(proto: onnx.ModelProto) -> None:
         raise ExportCheckError(f"the exported graph fails onnx.checker: {exc}") from None
 
 
-def has_prompt_path(proto: onnx.ModelProto) -> bool:
-    return any(o.name == contract.PROMPT_LOGITS for o in proto.graph.output)
-
-
 def path_session(proto: onnx.ModelProto, outputs: tuple[str, ...]) -> ort.InferenceSession:
     """A CPU session over the part of `proto` that computes `outputs` (one path, as the runtime opens it)."""
     try:

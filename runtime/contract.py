@@ -33,6 +33,7 @@ OPSET_MIN, OPSET_MAX = 14, 23
 DEFAULT_OPSET = 17
 
 CELLS = ("rnn", "lstm", "gru")
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # gate blocks per cell: a layer's recurrent matrix is hidden × gates·hidden
 
 TOKENS = "tokens"
 H, C = "h", "c"

@@ -33,7 +33,7 @@ import numpy as np
 
 from rnnx.runtime import snapshot as snapshots
 from rnnx.runtime.errors import UsageError
-from rnnx.runtime.sampling import Sampler, SamplingConfig
+from rnnx.runtime.sampling import Sampler, SamplingConfig, is_int
 from rnnx.runtime.steps import State, Steps
 
 if TYPE_CHECKING:
@@ -73,10 +73,6 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
 def _texts(texts: Sequence[str], batch: int | None, what: str) -> list[str]:
     if isinstance(texts, str) or not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
         raise UsageError(f"{what} must be a list of strings, one per row")
@@ -106,7 +102,7 @@ class Generator:
         resume = list(resume) if resume is not None else [None] * batch
         if len(resume) != batch:
             raise UsageError(f"resume must hold one snapshot (or None) per prompt: {len(resume)} for {batch} prompts")
-        if max_new_words is not None and (not _is_int(max_new_words) or max_new_words < 0):
+        if max_new_words is not None and (not is_int(max_new_words) or max_new_words < 0):
             raise UsageError(f"max_new_words must be 0 or more, got {max_new_words!r}")
         self._model = model
         self._tokenizer = model.tokenizer
@@ -278,7 +274,7 @@ class Generator:
         its text is out, typically when it has finished.
         """
         steps = self._live()
-        if not _is_int(row) or not 0 <= row < len(self._finished):
+        if not is_int(row) or not 0 <= row < len(self._finished):
             raise UsageError(f"row must be 0 to {len(self._finished) - 1}, got {row!r}")
         row = int(row)
         self._settle()

@@ -26,7 +26,7 @@ from rnnx.runtime import snapshot as snapshots
 from rnnx.runtime.errors import ModelFileError, UsageError
 from rnnx.runtime.generator import Generator, collect
 from rnnx.runtime.onnxfile import MAX_MODEL_BYTES, extract, read_facts, read_metadata, read_model_bytes
-from rnnx.runtime.sampling import SamplingConfig
+from rnnx.runtime.sampling import SamplingConfig, is_int
 from rnnx.runtime.scoring import Score, score
 from rnnx.runtime.session import CUDA, PROVIDERS, check_io, open_session, run_failed
 from rnnx.runtime.steps import CpuSteps, PromptReader, State, Steps
@@ -63,7 +63,7 @@ class Model:
     ) -> None:
         if not isinstance(path, str | Path):
             raise UsageError(f"the model path must be a str or Path, got {type(path).__name__}")
-        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+        if not is_int(max_bytes) or max_bytes < 1:
             raise UsageError(f"max_bytes must be a positive whole number, got {max_bytes!r}")
         path = Path(path)
         source = str(path)
@@ -189,7 +189,7 @@ class Model:
         text, prompt included, is `length` of them long."""
         if not isinstance(prompt, str):
             raise UsageError(f"the prompt must be a string, got {type(prompt).__name__}")
-        if not isinstance(length, int | np.integer) or isinstance(length, bool):
+        if not is_int(length):
             raise UsageError(f"the length must be a whole number, got {length!r}")
         ids = self.tokenizer.encode(prompt)
         if not ids:
@@ -268,18 +268,17 @@ class Model:
 # MatMul over threads costs more than it saves (dev machine, batch 1, per prompt token: LSTM 128 8.5 µs on one
 # thread vs 10.3 on two, the small RNN 256 3.3 vs 5.1; LSTM 256, 1 MiB, 17.8 vs 15.5; LSTM 384 84 vs 35).
 ONE_THREAD_BELOW = 512 << 10
-_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 def _check_batch(batch: object) -> None:
-    if not isinstance(batch, int | np.integer) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
+    if not is_int(batch) or not 1 <= batch <= MAX_BATCH:
         raise UsageError(f"batch must be a whole number from 1 to {MAX_BATCH}, got {batch!r}")
 
 
 def _small(info: contract.ModelInfo) -> bool:
     """Whether a prompt-path step reads so few weight bytes that one intra-op thread beats several."""
     weight_bytes = 1 if info.weights == "int8" else 4
-    return info.layers * _GATES[info.cell] * info.hidden * info.hidden * weight_bytes < ONE_THREAD_BELOW
+    return info.layers * contract.GATES[info.cell] * info.hidden * info.hidden * weight_bytes < ONE_THREAD_BELOW
 
 
 def _batch(prompts: object) -> int:

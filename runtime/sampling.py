@@ -51,7 +51,7 @@ class SamplingConfig:
             raise UsageError(
                 f"temperature must be 0 (greedy) or positive, at most {MAX_TEMPERATURE:g}, got {self.temperature}"
             )
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not is_int(self.top_k) or self.top_k < 0:
             raise UsageError(f"top-k must be 0 (off) or positive, got {self.top_k}")
         if not (_is_real(self.top_p) and 0 < self.top_p <= 1):
             raise UsageError(f"top-p must be in (0, 1], got {self.top_p}")
@@ -60,9 +60,9 @@ class SamplingConfig:
                 f"repetition penalty must be 1 (off) or more, at most {MAX_REPETITION_PENALTY:g}, "
                 f"got {self.repetition_penalty}"
             )
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 0:
             raise UsageError(f"max_new_tokens must be 0 or more, got {self.max_new_tokens}")
-        if self.rng_seed is not None and (not _is_int(self.rng_seed) or not 0 <= self.rng_seed <= MAX_SEED):
+        if self.rng_seed is not None and (not is_int(self.rng_seed) or not 0 <= self.rng_seed <= MAX_SEED):
             raise UsageError(f"the random seed must be a whole number from 0 to 2**64-1, got {self.rng_seed}")
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop  # one string is one stop string
         if not isinstance(stop, Sequence) or not all(isinstance(s, str) and s for s in stop):
@@ -74,7 +74,8 @@ class SamplingConfig:
         return self.temperature < GREEDY_BELOW
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """A whole number (Python or numpy), not a bool."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 

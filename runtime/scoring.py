@@ -20,6 +20,7 @@ is read and encoded piece by piece, and with several the ids are held as int32 (
 from __future__ import annotations
 
 import codecs
+import contextlib
 import math
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,7 @@ from rnnx.runtime.errors import ModelFileError, UsageError
 
 if TYPE_CHECKING:
     from rnnx.runtime.model import Model
+    from rnnx.runtime.steps import Steps
     from rnnx.runtime.tokenizer import Tokenizer
 
 PIECE_CHARS = 1 << 20  # the most text encoded at once
@@ -215,17 +217,16 @@ class _Tally:
 def _score_in_order(model: Model, pieces: Iterable[list[int]], progress: Progress | None) -> tuple[float, int]:
     """One stream: each id read in turn predicts the next; the pieces are consumed as they come."""
     tally = _Tally(1, model.info.vocab_size, progress)
-    state = model.initial_state(1)
     token, target = np.zeros(1, np.int64), np.zeros(1, np.int64)
     seen = 0
-    for ids in pieces:
-        for next_id in ids:
-            if seen:
-                logits, state = model.step(token, state)  # (1, V): what follows `token`
-                target[0] = next_id
-                tally.add(logits, target)
-            token[0] = next_id
-            seen += 1
+    with _steps(model, 1) as steps:
+        for ids in pieces:
+            for next_id in ids:
+                if seen:
+                    target[0] = next_id
+                    tally.add(steps.run(token), target)  # (1, V): what follows `token`
+                token[0] = next_id
+                seen += 1
     tally.flush()
     _check_enough(seen)
     return tally.nats, tally.count
@@ -237,12 +238,22 @@ def _score_side_by_side(
     x = ids[: streams * length].reshape(streams, length)  # (S, N)
     y = ids[1 : streams * length + 1].reshape(streams, length)  # (S, N)
     tally = _Tally(streams, model.info.vocab_size, progress)
-    state = model.initial_state(streams)
-    for t in range(length):
-        logits, state = model.step(x[:, t].astype(np.int64), state)  # (S, V)
-        tally.add(logits, y[:, t])
+    with _steps(model, streams) as steps:
+        for t in range(length):
+            tally.add(steps.run(x[:, t]), y[:, t])  # (S, V)
     tally.flush()
     return tally.nats, tally.count
+
+
+@contextlib.contextmanager
+def _steps(model: Model, batch: int) -> Iterator[Steps]:
+    """The generation loop's own step buffers (IOBinding, state kept on the session's device), from zero."""
+    steps = model.open_steps(batch)
+    try:
+        steps.load(model.initial_state(batch))
+        yield steps
+    finally:
+        steps.close()
 
 
 # -- text files, read as the trainer's --data reads them -------------------------------------------------------

@@ -32,7 +32,6 @@ State = tuple[np.ndarray, ...]
 # Tokens per prompt-path call are capped so that the gathered input gates, batch × length × gates × hidden
 # floats, stay near this many bytes; longer prompts are read in pieces, the state carried between them.
 PROMPT_CHUNK_BYTES = 32 << 20
-_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 StepFn = Callable[[np.ndarray, "State"], tuple[np.ndarray, "State"]]  # Model.step: host tokens and state
@@ -56,7 +55,7 @@ class PromptReader:
         self._prompt = prompt
         self._info = info
         self._lock = lock or contextlib.nullcontext()
-        self._per_token = _GATES[info.cell] * info.hidden * 4  # bytes of input gates per row and token
+        self._per_token = contract.GATES[info.cell] * info.hidden * 4  # bytes of input gates per row and token
 
     @property
     def has_prompt_path(self) -> bool:

@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rnnx.runtime.contract import GATES
 from rnnx.runtime.errors import UsageError
 
 MAX_RNG_SEED = 2**32 - 1  # numpy's range; the batch order derives seeds from it that must fit torch's 64 bits
 MAX_LAYERS = 64  # a recurrent stack deeper than a few layers rarely trains better; 100000 took minutes to build
 DATA_BYTES_PER_MEMORY = 32  # reading, tokenizing and holding a corpus took 16-18 bytes of memory per byte of text
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 _MEMINFO = Path("/proc/meminfo")
 
 
