@@ -132,7 +132,15 @@ class StreamBatches:
     not always see the same cut points; the state is reset at each epoch start.
     """
 
-    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, seed: int) -> None:
+    def __init__(
+        self, ids: torch.Tensor, batch_size: int, seq_len: int, seed: int, part: tuple[int, int] = (0, 1)
+    ) -> None:
+        """`batch_size` streams per process; with `part = (k, n)` this process reads the k-th of n equal shares of
+        the n x batch_size streams, one contiguous piece of the text, so n processes see what one would see with
+        a batch n times larger."""
+        self.rows = slice(part[0] * batch_size, (part[0] + 1) * batch_size)
+        self.processes = part[1]
+        batch_size *= part[1]
         need = batch_size * seq_len + seq_len
         if len(ids) < need:
             raise RnnxError(
@@ -156,5 +164,5 @@ class StreamBatches:
     def get(self, epoch: int, index: int) -> Batch:
         streams = self._streams_for(epoch)
         start = index * self.seq_len
-        block = streams[:, start : start + self.seq_len + 1]  # (B, T+1)
+        block = streams[self.rows, start : start + self.seq_len + 1]  # (B, T+1): this process's streams
         return Batch(block[:, :-1], block[:, 1:], stateful=index > 0)

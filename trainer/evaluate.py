@@ -33,24 +33,41 @@ def _loss_sum(model: RNNLM, features: torch.Tensor, targets: torch.Tensor, logit
     return total
 
 
-@torch.no_grad()
 def stateful_loss(
     model: RNNLM, ids: torch.Tensor, streams: int = 1, chunk: int = 256, logits_mb: float = LOGITS_MB
 ) -> float:
     """Mean next-token cross-entropy over `ids` (1-D), reading `streams` contiguous pieces in parallel."""
+    total, count = stateful_sums(model, ids, streams, chunk, logits_mb=logits_mb)
+    return total / count
+
+
+@torch.no_grad()
+def stateful_sums(
+    model: RNNLM,
+    ids: torch.Tensor,
+    streams: int,
+    chunk: int = 256,
+    part: tuple[int, int] = (0, 1),
+    logits_mb: float = LOGITS_MB,
+) -> tuple[float, int]:
+    """Summed cross-entropy and token count of the streams of part `part = (k, n)` (the k-th of n shares, for
+    the processes of a torchrun run, whose sums add up to those of all streams)."""
     was_training = model.training
     model.eval()
     streams = max(1, min(streams, (len(ids) - 1) // 2))
     length = (len(ids) - 1) // streams
-    x = ids[: streams * length].view(streams, length)  # (S, N)
-    y = ids[1 : streams * length + 1].view(streams, length)  # (S, N)
-    state = model.init_state(streams)
+    k, n = part
+    rows = slice(k * streams // n, (k + 1) * streams // n)
+    x = ids[: streams * length].view(streams, length)[rows]  # (S, N)
+    y = ids[1 : streams * length + 1].view(streams, length)[rows]  # (S, N)
     total = 0.0
-    for start in range(0, length, chunk):
-        features, state = model.features(x[:, start : start + chunk], state)  # (S, c, H)
-        total += float(_loss_sum(model, features.flatten(0, 1), y[:, start : start + chunk].flatten(), logits_mb))
+    if len(x):
+        state = model.init_state(len(x))
+        for start in range(0, length, chunk):
+            features, state = model.features(x[:, start : start + chunk], state)  # (S, c, H)
+            total += float(_loss_sum(model, features.flatten(0, 1), y[:, start : start + chunk].flatten(), logits_mb))
     model.train(was_training)
-    return total / (streams * length)
+    return total, len(x) * length
 
 
 @torch.no_grad()

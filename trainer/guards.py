@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -72,16 +73,20 @@ class LossMeter:
     """Sums training losses where they are computed and reads them only when asked: a read waits for the device,
     so the loop reads at its logging points, not at every step. Sums in float64, as Python floats would."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, total: Callable[[list[float]], list[float]] | None = None) -> None:
         self.total = torch.zeros((), dtype=torch.float64, device=device)
         self.count = 0
+        self._sum_over_processes = total  # under torchrun: the mean is over every process's losses
 
     def add(self, loss: torch.Tensor) -> None:
         self.total += loss
         self.count += 1
 
     def mean(self) -> float:
-        return float(self.total) / self.count
+        total, count = float(self.total), self.count
+        if self._sum_over_processes is not None:
+            total, count = self._sum_over_processes([total, count])
+        return total / count
 
     def reset(self) -> None:
         self.total.zero_()

@@ -1,5 +1,10 @@
-"""The training loop: one `Run` goes from a `Progress` to the run's end, validating, keeping the best model and
-writing checkpoints and metrics on the way (`state` turns the training state into a checkpoint's tensors and back)."""
+"""The training loop: one `Run` takes a `TrainState` from where it stands to the run's end, validating, keeping the
+best model and writing checkpoints and metrics on the way. The state itself (and its checkpoint file) belongs to
+`rnnx.trainer.state`; the processes of a torchrun run agree through `rnnx.trainer.distributed`.
+
+The loss stays on the device: it is read (and checked for divergence) only where a `train` record is logged,
+at a validation and before a checkpoint, never at every step, so a GPU is never made to wait for the host.
+"""
 
 from __future__ import annotations
 
@@ -7,53 +12,29 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from rnnx.runtime.errors import RnnxError, UsageError
+from rnnx.runtime.errors import RnnxError
 from rnnx.runtime.tokenizer import Tokenizer
-from rnnx.trainer.averaging import WeightAverage
-from rnnx.trainer.checkpoint import save_model, save_train_state
+from rnnx.trainer.checkpoint import save_model
 from rnnx.trainer.config import TrainConfig, TrainResult
 from rnnx.trainer.data import LineBatches, StreamBatches
-from rnnx.trainer.evaluate import stateful_loss
+from rnnx.trainer.distributed import Ranks
+from rnnx.trainer.evaluate import stateful_sums
 from rnnx.trainer.guards import LossMeter, Stopped, StopRequests, all_finite, diverged
-from rnnx.trainer.limits import number, whole
 from rnnx.trainer.report import MetricsLog, write_loss_plot
-from rnnx.trainer.state import state_tensors
+from rnnx.trainer.state import Progress, TrainState
 
 log = logging.getLogger(__name__)
 
 VAL_STREAMS = 32  # validation reads the held-out text as this many contiguous pieces side by side
-
-
-@dataclass
-class Progress:
-    """Where a run stands; exactly what a checkpoint restores."""
-
-    step: int = 0
-    epoch: int = 0
-    index: int = 0  # next batch within the epoch
-    tokens: int = 0
-    elapsed: float = 0.0  # seconds of the run so far, across resumes
-    train_seconds: float = 0.0  # seconds spent in training steps
-    best_val: float | None = None
-    best_step: int = 0
-    evals_since_best: int = 0
-
-    def __post_init__(self) -> None:
-        """Types and ranges: a checkpoint is a file from outside, and `"step": "abc"` must not reach the loop."""
-        for name in ("step", "epoch", "index", "tokens", "best_step", "evals_since_best"):
-            whole(f"progress {name}", getattr(self, name), 0)
-        for name in ("elapsed", "train_seconds"):
-            if number(f"progress {name}", getattr(self, name)) < 0:
-                raise UsageError(f"progress {name} must be 0 or more, got {getattr(self, name)}")
-        if self.best_val is not None:
-            number("progress best_val", self.best_val)
+LOG_STEPS, LOG_SECONDS = 10, 0.2  # a `train` record at most this often: each one reads the loss from the device
 
 
 @dataclass
@@ -64,14 +45,19 @@ class Setup:
     data_sha256: str
 
 
+def _amx_or_avx512_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively: AMX tiles, or AVX512-BF16 (e.g. AMD EPYC Zen 4)."""
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(check is not None and check() for check in checks)
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether to train under bf16 autocast (weights, optimizer and validation stay fp32)."""
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # oneDNN runs bf16 LSTMs ~2.6x faster on AMX
-    return bool(amx and amx())
+    return _amx_or_avx512_bf16()  # oneDNN ran the LSTM preset 1.6x (AVX512-BF16) to 2.3x (AMX) faster in bf16
 
 
 def learning_rate(config: TrainConfig, step: int, fraction_done: float) -> float:
@@ -115,22 +101,142 @@ def _train_record(progress: Progress, loss: float, lr: float | None = None) -> d
     return {**record, "lr": lr, "loss": loss} if lr is not None else {**record, "loss": loss}
 
 
-class Run:
-    """One training run from `progress` on: the loop, validation, checkpoints and reports."""
+@dataclass
+class Tick:
+    """What the processes agreed after a step: the run's time, and whether to log and to validate now."""
 
-    def __init__(
-        self, model, optimizer, average: WeightAverage | None, setup: Setup, config: TrainConfig, device, show: bool
-    ) -> None:
-        self.model, self.optimizer, self.setup, self.config, self.device = model, optimizer, setup, config, device
-        self.average = average
-        self.show = show
+    elapsed: float
+    log: bool
+    validate: bool
+
+
+class Run:
+    """One training run from `state.progress` on: the loop, validation, checkpoints and reports."""
+
+    def __init__(self, state: TrainState, setup: Setup, show: bool, ranks: Ranks | None = None) -> None:
+        self.state, self.setup, self.config = state, setup, state.config
+        self.model, self.optimizer, self.average = state.model, state.optimizer, state.average
+        self.ranks = ranks or Ranks.single()
+        self.forward = self.ranks.wrap(self.model)  # averages gradients over the processes of a torchrun run
+        self.show = show and self.ranks.main
         self.unit = "char" if setup.tokenizer.kind == "char" else "word"
-        bf16 = use_bf16(config.precision, device)
+        device = self.model.head.weight.device
+        bf16 = use_bf16(self.config.precision, device)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         self.saved_step: int | None = None  # the step of the newest checkpoint on disk (None: none from this run)
-        self.meter = LossMeter(device)  # training losses since the last `train` record
+        self.meter = LossMeter(device, self.ranks.total)  # training losses since the last `train` record
+        self.metrics: MetricsLog | None = None
 
-    def document(self, progress: Progress) -> dict[str, Any]:
+    # -- the loop -------------------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Train from where the state stands (a fresh run has no carried state yet) to the first limit reached."""
+        progress, resumed = self.state.progress, self.state.carry is not None
+        self.saved_step = progress.step if resumed else None  # a resumed run starts from a checkpoint
+        if self.state.carry is None:
+            self.state.carry = self.model.init_state(self.config.batch_size)
+        with self._reports(progress.step if resumed else None) as bar, StopRequests() as stops:
+            final_loss = self._loop(bar, stops)
+        return self._result(final_loss)
+
+    def _loop(self, bar: tqdm, stops: StopRequests) -> float:
+        """The steps, validations and checkpoints to the end of the run; returns the last mean training loss."""
+        config, progress, batches = self.config, self.state.progress, self.setup.batches
+        start, last_log, last_eval = time.monotonic() - progress.elapsed, time.monotonic(), time.monotonic()
+        log_step, final_loss, stop = progress.step, float("nan"), False
+        self.model.train()
+        while not stop and (done := fraction_done(config, progress, batches.steps_per_epoch)) < 1:
+            signum = int(self.ranks.agree([stops.signum or 0])[0])
+            if signum:  # between two steps: the checkpoint holds whole steps only
+                self.checkpoint()
+                raise Stopped(signum, progress.step, config.out)
+            t0 = time.monotonic()
+            lr, epoch_end = self._advance(done)
+            tick = self._tick(start, last_log, last_eval)
+            progress.elapsed = tick.elapsed
+            if tick.log and progress.step - log_step >= LOG_STEPS or epoch_end:
+                final_loss = self.log_train(lr)  # waits for the device: training time too
+                log_step, last_log = progress.step, time.monotonic()
+            progress.train_seconds += time.monotonic() - t0
+            validated = self._maybe_validate(epoch_end, tick.validate)
+            if validated is not None:
+                stop, last_eval = validated, time.monotonic()
+            if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
+                self.checkpoint()
+            self._show(bar, final_loss)
+        if stop:
+            log.info("no better validation loss for %d evaluations: stopping early", config.patience)
+        return self._finish(final_loss)
+
+    def _advance(self, done: float) -> tuple[float, bool]:
+        """One optimisation step at the scheduled learning rate; returns it and whether an epoch just ended."""
+        progress, batches = self.state.progress, self.setup.batches
+        lr = learning_rate(self.config, progress.step, done)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, self.state.carry = self._step(batches.get(progress.epoch, progress.index), self.state.carry)
+        if self.average is not None:
+            self.average.update(progress.step)
+        self.meter.add(loss)
+        progress.step += 1
+        progress.tokens += batches.tokens_per_step
+        progress.index += 1
+        epoch_end = progress.index == batches.steps_per_epoch
+        if epoch_end:
+            progress.epoch, progress.index = progress.epoch + 1, 0
+        return lr, epoch_end
+
+    def _tick(self, start: float, last_log: float, last_eval: float) -> Tick:
+        now = time.monotonic()
+        elapsed, log_due, eval_due = self.ranks.agree(
+            [now - start, now - last_log >= LOG_SECONDS, now - last_eval >= self.config.eval_seconds]
+        )
+        return Tick(elapsed, bool(log_due), bool(eval_due))
+
+    def _maybe_validate(self, epoch_end: bool, time_due: bool) -> bool | None:
+        """Validate (and checkpoint) when due; None when not due, else whether early stopping says stop."""
+        config, step = self.config, self.state.progress.step
+        due = (config.eval_every and step % config.eval_every == 0) or (not config.eval_every and epoch_end) or time_due
+        if self.setup.val_ids is None or not due:
+            return None
+        stop = self.validate()
+        if not config.checkpoint_every:
+            self.checkpoint()
+        return stop
+
+    def _finish(self, final_loss: float) -> float:
+        """Log what is left, make sure the model directory holds the best (or last) model, write the checkpoint."""
+        progress = self.state.progress
+        if self.meter.count:
+            final_loss = self.log_train(None)
+        if self.setup.val_ids is None:
+            with self.averaged():
+                self.save({"final_loss": final_loss})
+        elif progress.best_step != progress.step:
+            self.validate()
+        self.checkpoint()
+        return final_loss
+
+    def _step(self, batch, carry: tuple) -> tuple[torch.Tensor, tuple]:
+        """One optimisation step; the loss stays on the device (reading it would wait for the device)."""
+        if not batch.stateful:
+            carry = self.model.init_state(batch.inputs.size(0))
+        elif self.config.state_reset:
+            carry = reset_streams(carry, self.config.state_reset)
+        with self.autocast:
+            logits, new = self.forward(batch.inputs, carry)  # (B, T, V)
+        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        self.optimizer.step()
+        return loss.detach(), tuple(s.detach().float() for s in new)
+
+    # -- validation, checkpoints, the model directory -------------------------------------------------------------
+
+    def document(self) -> dict[str, Any]:
+        progress = self.state.progress
         return {
             "training": self.config.to_json(),
             "data_sha256": self.setup.data_sha256,
@@ -139,88 +245,84 @@ class Run:
             "val_protocol": f"stateful, {VAL_STREAMS} streams" if progress.best_val is not None else None,
         }
 
-    def diverged_error(self, progress: Progress, what: str) -> RnnxError:
+    def diverged_error(self, what: str) -> RnnxError:
         kept = (
             f"the checkpoint of step {self.saved_step} and the best model are kept"
             if self.saved_step is not None
             else "no checkpoint or model of this run was saved"
         )
         return RnnxError(
-            f"training diverged by step {progress.step} ({what}): lower --lr (it is {self.config.lr:g}) "
+            f"training diverged by step {self.state.progress.step} ({what}): lower --lr (it is {self.config.lr:g}) "
             f"or set --clip; {kept}"
         )
 
-    def check_loss(self, progress: Progress) -> None:
+    def check_loss(self) -> None:
         """Raise if the training losses not yet logged show divergence (reads them from the device)."""
         if self.meter.count and diverged(loss := self.meter.mean(), self.model.config.vocab_size):
-            raise self.diverged_error(progress, f"mean training loss {loss:.4g} nats/token")
+            raise self.diverged_error(f"mean training loss {loss:.4g} nats/token")
 
-    def checkpoint(self, progress: Progress, carry: tuple) -> None:
+    def checkpoint(self) -> None:
         """Write checkpoint.safetensors, unless the state has diverged: a good checkpoint is never replaced by one."""
-        self.check_loss(progress)
-        groups = [dict(g) for g in self.optimizer.state_dict()["param_groups"]]
-        meta = {
-            "progress": asdict(progress),
-            "model": asdict(self.model.config),
-            "training": self.config.to_json(),
-            "tokenizer": self.setup.tokenizer.to_dict(),
-            "data_sha256": self.setup.data_sha256,
-            "optimizer_groups": groups,
-        }
-        tensors = state_tensors(self.model, self.optimizer, carry, self.average)
-        if not all_finite(list(tensors.values())):
-            raise self.diverged_error(progress, "weights or optimizer state not finite")
-        save_train_state(self.config.out, tensors, meta)
-        self.saved_step = progress.step
+        self.check_loss()
+        if not self.state.save(self.config.out, self.ranks):
+            raise self.diverged_error("weights or optimizer state not finite")
+        self.saved_step = self.state.progress.step
 
-    def save(self, progress: Progress, extra: dict[str, Any]) -> None:
+    def save(self, extra: dict[str, Any]) -> None:
         """Replace the model directory's model with the current (averaged) weights, if they are finite."""
         if not all_finite([p.detach() for p in self.model.parameters()]):
-            raise self.diverged_error(progress, "weights not finite")
-        save_model(self.config.out, self.model, self.setup.tokenizer, {**self.document(progress), **extra})
+            raise self.diverged_error("weights not finite")
+        if self.ranks.main:
+            save_model(self.config.out, self.model, self.setup.tokenizer, {**self.document(), **extra})
 
     def averaged(self) -> contextlib.AbstractContextManager:
         """The weights to score and keep: the running average with --ema, else the trained ones."""
         return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
-    def validate(self, progress: Progress, metrics: MetricsLog) -> bool:
+    def validate(self) -> bool:
         """Validate, keep the model if it is the best so far; True when early stopping says stop."""
-        self.check_loss(progress)
+        self.check_loss()
         with self.averaged():
-            return self._validate(progress, metrics)
+            return self._validate()
 
-    def _validate(self, progress: Progress, metrics: MetricsLog) -> bool:
-        val = stateful_loss(self.model, self.setup.val_ids, streams=VAL_STREAMS, chunk=256)
+    def _validate(self) -> bool:
+        progress = self.state.progress
+        part = (self.ranks.rank, self.ranks.world)
+        total, count = self.ranks.total(stateful_sums(self.model, self.setup.val_ids, VAL_STREAMS, 256, part))
+        val = total / count
         record = {"event": "val", "step": progress.step, "tokens": progress.tokens, "seconds": progress.elapsed}
         record["val_loss"] = val
         record["val_bpc" if self.unit == "char" else "val_ppl"] = (
             val / math.log(2) if self.unit == "char" else math.exp(min(val, 50))
         )
-        metrics.write(record)
+        if self.metrics is not None:
+            self.metrics.write(record)
         if diverged(val, self.model.config.vocab_size):
-            raise self.diverged_error(progress, f"validation loss {val:.4g} nats/token")
+            raise self.diverged_error(f"validation loss {val:.4g} nats/token")
         if progress.best_val is None or val < progress.best_val:
             progress.best_val, progress.best_step, progress.evals_since_best = val, progress.step, 0
-            self.save(progress, {})
+            self.save({})
         else:
             progress.evals_since_best += 1
         return bool(self.config.patience) and progress.evals_since_best >= self.config.patience
 
-    def log_train(self, progress: Progress, metrics: MetricsLog, lr: float | None) -> float:
+    # -- reports --------------------------------------------------------------------------------------------------
+
+    def log_train(self, lr: float | None) -> float:
         """Write a `train` record with the mean loss since the last one; raise if it shows divergence."""
         loss = self.meter.mean()
-        metrics.write(_train_record(progress, loss, lr))
-        self.check_loss(progress)
+        if self.metrics is not None:
+            self.metrics.write(_train_record(self.state.progress, loss, lr))
+        self.check_loss()
         self.meter.reset()
         return loss
 
-    def run(self, progress: Progress, carry: tuple | None) -> TrainResult:
-        """Train from `progress` (and the carried state of a resumed run) to the first limit reached."""
-        config = self.config
-        config.out.mkdir(parents=True, exist_ok=True)
-        self.saved_step = progress.step if carry is not None else None  # a resumed run starts from a checkpoint
-        metrics = MetricsLog(config.out, progress.step if carry is not None else None)
-        carry = carry if carry else self.model.init_state(config.batch_size)
+    @contextlib.contextmanager
+    def _reports(self, resume_step: int | None) -> Iterator[tqdm]:
+        """metrics.jsonl and the progress bar (the first process's), and loss.png at the end, however it ends."""
+        if self.ranks.main:
+            self.config.out.mkdir(parents=True, exist_ok=True)
+            self.metrics = MetricsLog(self.config.out, resume_step)
         bar = tqdm(
             total=1000,
             desc="training",
@@ -229,14 +331,32 @@ class Run:
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
         )
         try:
-            with StopRequests() as stops:
-                final_loss = self._loop(progress, carry, metrics, bar, stops)
+            yield bar
         finally:
             bar.close()
-            metrics.close()
-            write_loss_plot(config.out, self.unit)
+            if self.metrics is not None:
+                self.metrics.close()
+                write_loss_plot(self.config.out, self.unit)
+
+    def _show(self, bar: tqdm, loss: float) -> None:
+        if bar.disable:
+            return
+        progress = self.state.progress
+        done = fraction_done(self.config, progress, self.setup.batches.steps_per_epoch)
+        left = progress.elapsed / done * (1 - done) if done > 0 else 0.0
+        speed = progress.tokens / max(progress.train_seconds, 1e-9)
+        val = f"{progress.best_val:.4f}" if progress.best_val is not None else "-"
+        bar.n = int(1000 * min(done, 1.0))
+        bar.set_postfix_str(
+            f"loss {loss:.4f} val {val} {speed / 1000:.1f}k tok/s left {int(left // 60)}:{int(left % 60):02d}",
+            refresh=False,
+        )
+        bar.update(0)
+
+    def _result(self, final_loss: float) -> TrainResult:
+        progress = self.state.progress
         return TrainResult(
-            out=config.out,
+            out=self.config.out,
             final_loss=final_loss,
             epochs=progress.epoch + (progress.index > 0),
             seconds=progress.elapsed,
@@ -247,97 +367,3 @@ class Run:
             best_step=progress.best_step,
             unit=self.unit,
         )
-
-    def _loop(self, progress: Progress, carry: tuple, metrics: MetricsLog, bar: tqdm, stops: StopRequests) -> float:
-        """The steps, validations and checkpoints to the end of the run; returns the last mean training loss."""
-        config, model, batches = self.config, self.model, self.setup.batches
-        start = time.monotonic() - progress.elapsed
-        last_eval = last_log = time.monotonic()
-        log_step, val_text = progress.step, "-"
-        final_loss = float("nan")
-        model.train()
-        while True:
-            done = fraction_done(config, progress, batches.steps_per_epoch)
-            if done >= 1:
-                break
-            if stops.signum is not None:  # between two steps: the checkpoint holds whole steps only
-                self.checkpoint(progress, carry)
-                raise Stopped(stops.signum, progress.step, config.out)
-            lr = learning_rate(config, progress.step, done)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            t0 = time.monotonic()
-            loss, carry = self._step(batches.get(progress.epoch, progress.index), carry)
-            if self.average is not None:
-                self.average.update(progress.step)
-            self.meter.add(loss)
-            progress.step += 1
-            progress.tokens += batches.tokens_per_step
-            progress.index += 1
-            epoch_end = progress.index == batches.steps_per_epoch
-            if epoch_end:
-                progress.epoch, progress.index = progress.epoch + 1, 0
-            now = time.monotonic()
-            progress.elapsed = now - start
-            if progress.step - log_step >= 10 and now - last_log >= 0.2 or epoch_end:
-                final_loss = self.log_train(progress, metrics, lr)  # waits for the device: training time too
-                log_step, last_log = progress.step, now
-            progress.train_seconds += time.monotonic() - t0
-            stop = False
-            due = (
-                config.eval_every
-                and progress.step % config.eval_every == 0
-                or (not config.eval_every and epoch_end)
-                or now - last_eval >= config.eval_seconds
-            )
-            if self.setup.val_ids is not None and due:
-                stop = self.validate(progress, metrics)
-                val_text = f"{progress.best_val:.4f}"
-                last_eval = time.monotonic()
-                if not config.checkpoint_every:
-                    self.checkpoint(progress, carry)
-            if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
-                self.checkpoint(progress, carry)
-            self._show(bar, progress, final_loss, val_text)
-            if stop:
-                log.info("no better validation loss for %d evaluations: stopping early", config.patience)
-                break
-        if self.meter.count:
-            final_loss = self.log_train(progress, metrics, None)
-        if self.setup.val_ids is None:
-            with self.averaged():
-                self.save(progress, {"final_loss": final_loss})
-        elif progress.best_step != progress.step:
-            self.validate(progress, metrics)
-        self.checkpoint(progress, carry)
-        return final_loss
-
-    def _step(self, batch, carry: tuple) -> tuple[torch.Tensor, tuple]:
-        """One optimisation step; the loss stays on the device (reading it would wait for the device)."""
-        model = self.model
-        if not batch.stateful:
-            carry = model.init_state(batch.inputs.size(0))
-        elif self.config.state_reset:
-            carry = reset_streams(carry, self.config.state_reset)
-        with self.autocast:
-            logits, new = model(batch.inputs, carry)  # (B, T, V)
-        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.clip:
-            nn.utils.clip_grad_norm_(model.parameters(), self.config.clip)
-        self.optimizer.step()
-        return loss.detach(), tuple(s.detach().float() for s in new)
-
-    def _show(self, bar: tqdm, progress: Progress, loss: float, val: str) -> None:
-        if bar.disable:
-            return
-        done = fraction_done(self.config, progress, self.setup.batches.steps_per_epoch)
-        left = progress.elapsed / done * (1 - done) if done > 0 else 0.0
-        speed = progress.tokens / max(progress.train_seconds, 1e-9)
-        bar.n = int(1000 * min(done, 1.0))
-        bar.set_postfix_str(
-            f"loss {loss:.4f} val {val} {speed / 1000:.1f}k tok/s left {int(left // 60)}:{int(left % 60):02d}",
-            refresh=False,
-        )
-        bar.update(0)

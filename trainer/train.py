@@ -9,6 +9,7 @@ each time: the best model so far (`model.safetensors` + `model.json`), `checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -19,9 +20,8 @@ from typing import Any
 import torch
 
 from rnnx.runtime.errors import ModelFileError, RnnxError, UsageError
-from rnnx.runtime.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
-from rnnx.trainer.averaging import WeightAverage
-from rnnx.trainer.checkpoint import TRAIN_STATE, describe_error, load_train_state, model_config_from_json
+from rnnx.runtime.tokenizer import CharTokenizer, Tokenizer
+from rnnx.trainer.checkpoint import TRAIN_STATE
 from rnnx.trainer.config import DEVICES, LIMIT_FIELDS, TrainConfig, TrainResult
 from rnnx.trainer.data import (
     DEFAULT_LINES,
@@ -32,13 +32,14 @@ from rnnx.trainer.data import (
     read_corpus,
     split_ids,
 )
+from rnnx.trainer.distributed import Ranks, processes
 from rnnx.trainer.limits import data_limit, shortfall
-from rnnx.trainer.loop import Progress, Run, Setup, fraction_done, use_bf16
-from rnnx.trainer.model import RNNLM, ModelConfig
+from rnnx.trainer.loop import Run, Setup, fraction_done, use_bf16
+from rnnx.trainer.model import ModelConfig
 from rnnx.trainer.rundir import claim, start_fresh
-from rnnx.trainer.state import restore
+from rnnx.trainer.state import SavedState, TrainState, make_optimizer
 
-__all__ = ["LIMIT_FIELDS", "TrainConfig", "TrainResult", "prepare", "resume", "train", "use_bf16"]
+__all__ = ["LIMIT_FIELDS", "TrainConfig", "TrainResult", "make_optimizer", "prepare", "resume", "train", "use_bf16"]
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,19 @@ def _check_digest(text: str, config: TrainConfig, expected: str | None) -> str:
 
 
 def prepare(
-    config: TrainConfig, device: torch.device, tokenizer: Tokenizer | None = None, data_sha256: str | None = None
+    config: TrainConfig,
+    device: torch.device,
+    tokenizer: Tokenizer | None = None,
+    data_sha256: str | None = None,
+    ranks: Ranks | None = None,
 ) -> Setup:
-    """Read and check the data, fit the tokenizer and cut the batches. A resumed run gives its tokenizer and the
-    data's digest, and the data must still be the same and give the same vocabulary."""
+    """Read and check the data, fit the tokenizer and cut the batches (this process's share of them). A resumed
+    run gives its tokenizer and the data's digest, and the data must still be the same and give the same
+    vocabulary."""
+    ranks = ranks or Ranks.single()
     if config.data is None:
+        if ranks.world > 1:
+            raise UsageError("several processes need text to share: give --data (or run rnn-train without torchrun)")
         digest = _check_digest("\n".join(DEFAULT_LINES), config, data_sha256)
         tokenizer = _fitted(tokenizer, CharTokenizer.build("".join(DEFAULT_LINES)))
         examples = line_examples(DEFAULT_LINES, tokenizer).to(device)
@@ -87,7 +96,8 @@ def prepare(
     train_ids, val_ids = split_ids(ids)
     if len(val_ids) < 2:
         raise RnnxError(f"{config.data} is too short to hold out validation text: give it more text")
-    batches = StreamBatches(train_ids.to(device), config.batch_size, config.seq_len, config.rng_seed)
+    part = (ranks.rank, ranks.world)
+    batches = StreamBatches(train_ids.to(device), config.batch_size, config.seq_len, config.rng_seed, part)
     return Setup(tokenizer, batches, val_ids.to(device), digest)
 
 
@@ -99,7 +109,8 @@ def check_memory(model_config: ModelConfig, config: TrainConfig, setup: Setup, d
     batch, the logits, their log-softmax and its gradient (12 bytes per token and vocabulary entry).
     """
     per_weight = 20 if config.ema else 16
-    need = per_weight * model_config.weight_count + 12 * setup.batches.tokens_per_step * model_config.vocab_size
+    tokens = setup.batches.tokens_per_step // max(1, getattr(setup.batches, "processes", 1))
+    need = per_weight * model_config.weight_count + 12 * tokens * model_config.vocab_size
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     what = (
         f"training this {model_config.cell.upper()} ({model_config.layers} x {model_config.hidden} units, "
@@ -108,74 +119,68 @@ def check_memory(model_config: ModelConfig, config: TrainConfig, setup: Setup, d
     return shortfall(need, what, free)
 
 
-def make_optimizer(model: RNNLM, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on the weight matrices only (not on biases)."""
-    params = list(model.parameters())
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
 def train(
     model_config: ModelConfig, config: TrainConfig, progress: bool = True, *, overwrite: bool = False
 ) -> TrainResult:
-    """Train a model on `config.data` and write it to `config.out`, which must not hold a run unless `overwrite`."""
+    """Train a model on `config.data` and write it to `config.out`, which must not hold a run unless `overwrite`:
+    a fresh state, run. Under torchrun, `config.batch_size` is each process's share of the batch."""
     torch.manual_seed(config.rng_seed)
-    device = resolve_device(config.device)
-    setup = prepare(config, device)
-    model_config = replace(model_config, vocab_size=len(setup.tokenizer.vocab))
-    short = check_memory(model_config, config, setup, device)
-    if short:
-        raise UsageError(f"{short}: lower --hidden, --layers or --embed, or --batch-size and --seq-len")
-    with claim(config.out):
-        start_fresh(config.out, overwrite)
-        model = RNNLM(model_config).to(device)
-        average = WeightAverage(model, config.ema) if config.ema else None
-        run = Run(model, make_optimizer(model, config), average, setup, config, device, progress)
-        result = run.run(Progress(), None)
+    with processes(resolve_device(config.device)) as ranks:
+        device = ranks.device(resolve_device(config.device))
+        setup = prepare(config, device, ranks=ranks)
+        model_config = replace(model_config, vocab_size=len(setup.tokenizer.vocab))
+        short = check_memory(model_config, config, setup, device)
+        if short:
+            raise UsageError(f"{short}: lower --hidden, --layers or --embed, or --batch-size and --seq-len")
+        with contextlib.ExitStack() as held:
+            with ranks.first():
+                if ranks.main:
+                    held.enter_context(claim(config.out))
+                    start_fresh(config.out, overwrite)
+            state = TrainState.fresh(model_config, config, setup.tokenizer, setup.data_sha256, device)
+            if ranks.rank:
+                torch.manual_seed(ranks.seed(config.rng_seed, 0))  # the weights are the same, the masks not
+            result = Run(state, setup, progress, ranks).run()
     log.info("trained %s: %s", model_config.cell, result.summary())
     return result
 
 
-def _identity(path: Path) -> tuple[int, int, int]:
-    """What changes when a file is replaced or rewritten: inode, size and modification time."""
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten: inode, size and modification time (None: no file)."""
+    if not path.is_file():
+        return None
     st = os.stat(path)
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _saved_run(out: Path, meta: dict[str, Any]) -> tuple[ModelConfig, TrainConfig, Tokenizer, Progress]:
-    """The settings, vocabulary and progress a checkpoint's JSON holds, each checked."""
-    where = f"checkpoint in {out}"
-    model_config = model_config_from_json(meta.get("model"), where)
-    try:
-        if not isinstance(meta.get("training"), dict) or not isinstance(meta.get("progress"), dict):
-            raise KeyError("training or progress")
-        saved = TrainConfig.from_json(meta["training"], out)
-        state = Progress(**meta["progress"])
-    except (RnnxError, KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{where} is corrupt ({describe_error(exc)}): start a fresh run") from None
-    try:
-        tokenizer = tokenizer_from_dict(meta.get("tokenizer"))
-    except ModelFileError as exc:
-        raise ModelFileError(f"{where}: {exc}") from None
-    if len(tokenizer.vocab) != model_config.vocab_size:
-        raise ModelFileError(
-            f"{where} is corrupt: its vocabulary has {len(tokenizer.vocab)} tokens and its model "
-            f"{model_config.vocab_size}: start a fresh run"
-        )
-    return model_config, saved, tokenizer, state
-
-
 def resume(out: Path, limits: dict[str, Any], progress: bool = True) -> TrainResult:
-    """Continue the run whose checkpoint is in `out`; `limits` may change LIMIT_FIELDS (epochs, steps, ...)."""
-    identity = _identity(out / TRAIN_STATE) if (out / TRAIN_STATE).is_file() else None
-    tensors, meta = load_train_state(out)
-    model_config, saved, tokenizer, state = _saved_run(out, meta)
-    config = replace(saved, **{k: v for k, v in limits.items() if k in LIMIT_FIELDS and v is not None})
-    device = resolve_device(config.device)
-    setup = prepare(config, device, tokenizer, str(meta.get("data_sha256")))
+    """Continue the run whose checkpoint is in `out` (load its state, run); `limits` may change LIMIT_FIELDS
+    (epochs, steps, ...). A run may resume on another number of processes: the global batch stays the same."""
+    identity = _identity(out / TRAIN_STATE)
+    saved = TrainState.read(out, limits)
+    with processes(resolve_device(saved.config.device)) as ranks:
+        saved = saved.for_processes(ranks.world)
+        config = saved.config
+        device = ranks.device(resolve_device(config.device))
+        setup = prepare(config, device, saved.tokenizer, saved.data_sha256, ranks)
+        _check_resumable(out, saved, setup, device)
+        with contextlib.ExitStack() as held:
+            with ranks.first():
+                if ranks.main:
+                    held.enter_context(claim(out))
+                    if _identity(out / TRAIN_STATE) != identity:
+                        raise RnnxError(
+                            f"the checkpoint in {out} changed while it was read (by another run?): resume again"
+                        )
+            state = saved.build(device, ranks)
+            log.info("resuming at step %d (epoch %d)", state.progress.step, state.progress.epoch)
+            result = Run(state, setup, progress, ranks).run()
+    log.info("trained %s: %s", saved.model_config.cell, result.summary())
+    return result
+
+
+def _check_resumable(out: Path, saved: SavedState, setup: Setup, device: torch.device) -> None:
+    state, config = saved.progress, saved.config
     if state.index >= setup.batches.steps_per_epoch:
         raise ModelFileError(f"checkpoint in {out} is corrupt (batch {state.index} of an epoch): start a fresh run")
     if fraction_done(config, state, setup.batches.steps_per_epoch) >= 1:
@@ -183,17 +188,6 @@ def resume(out: Path, limits: dict[str, Any], progress: bool = True) -> TrainRes
             f"the run in {out} already reached its limit (step {state.step}, epoch {state.epoch}): "
             "give a larger --epochs, --steps or --minutes to train on"
         )
-    short = check_memory(model_config, config, setup, device)
+    short = check_memory(saved.model_config, config, setup, device)
     if short:
         raise ModelFileError(f"the checkpoint in {out}: {short}: resume it on a machine with more memory")
-    with claim(out):
-        if _identity(out / TRAIN_STATE) != identity:
-            raise RnnxError(f"the checkpoint in {out} changed while it was read (by another run?): resume again")
-        model = RNNLM(model_config).to(device)
-        optimizer = make_optimizer(model, config)
-        average = WeightAverage(model, config.ema) if config.ema else None
-        carry = restore(model, optimizer, average, tensors)
-        log.info("resuming at step %d (epoch %d)", state.step, state.epoch)
-        result = Run(model, optimizer, average, setup, config, device, progress).run(state, carry)
-    log.info("trained %s: %s", model_config.cell, result.summary())
-    return result
