@@ -109,8 +109,7 @@ class Sampler:
         """Row `row`'s random generator: row 0 from the seed itself, row r from the seed's child r."""
         rng = self._made[row]
         if rng is None:
-            seeds = self._seeds if row == 0 else np.random.SeedSequence(self._seeds.entropy, spawn_key=(row,))
-            rng = self._made[row] = np.random.default_rng(seeds)
+            rng = self._made[row] = _row_generator(self._seeds, row)
         return rng
 
     # -- one row's state -----------------------------------------------------------------------------------------
@@ -202,46 +201,147 @@ class Sampler:
             logits[hit_rows, ids] = np.where(values > 0, values / penalty, values * penalty)
 
     def _greedy(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        ids = logits.argmax(axis=1)
-        if len(ids) == 1:  # the common single stream: a scalar check costs a tenth of the general one
-            if logits.item(0, int(ids[0])) > -math.inf:  # False for NaN too
-                return ids
-            best = logits[0, ids]
-        else:
-            best = logits[self._rows if len(logits) == len(self._rows) else np.arange(len(logits)), ids]
-            if best.min() > -np.inf:
-                return ids
-        for i in np.flatnonzero(np.isnan(best)):  # argmax points at a NaN: choose among the numbers
-            values = logits[i]
-            values[np.isnan(values)] = -np.inf
-            ids[i] = values.argmax()
-            best[i] = values[ids[i]]
-        if (best == -np.inf).any():
-            raise _nothing_to_choose(int(rows[np.argmax(best == -np.inf)]))
-        return ids
+        return _greedy(logits, rows, self._rows if len(logits) == len(self._rows) else None)
 
     def _sample(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Draw from softmax(logits / T), cut to the top-k and top-p tokens, one draw per row."""
-        count, vocab = logits.shape
         u = np.array([self._rng(row).random() for row in rows.tolist()])  # each row's own generator
-        ids = np.empty(count, np.int64)
-        size = max(1, _BLOCK // vocab)
-        with np.errstate(over="ignore", invalid="ignore"):  # extreme logits overflow to -inf: weight 0
-            for start in range(0, count, size):
-                block = slice(start, start + size)
-                ids[block] = self._sample_block(logits[block], u[block], rows[block])
-        return ids
+        return _sample(self.config, logits, u, rows)
 
-    def _sample_block(self, w: np.ndarray, u: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Turns the logits block `w` (b, V) of batch rows `rows` into weights in place, cuts them, draws."""
-        config, vocab = self.config, w.shape[1]
-        top = _finite_max(w, rows)  # (b,)
-        best = _keep_top_k(w, config.top_k) if 0 < config.top_k < vocab else None  # (b, k) logits or None
-        inverse = w.dtype.type(1.0 / config.temperature)
-        _to_weights(w, top, inverse)  # (b, V) in [0, 1]: the most likely token's is 1, cut tokens' 0
-        if config.top_p < 1:
-            _keep_top_p(w, config.top_p, None if best is None else _to_weights(best, top, inverse))
-        return _draw(w, u)
+
+def _row_generator(seeds: np.random.SeedSequence, row: int) -> np.random.Generator:
+    """Row `row`'s random generator: row 0 from the seed itself, row r from the seed's child r."""
+    return np.random.default_rng(seeds if row == 0 else np.random.SeedSequence(seeds.entropy, spawn_key=(row,)))
+
+
+class RowSampler:
+    """One row's choices in a batch whose rows come and go (a server's continuous batch): its own settings,
+    random generator, seen tokens and logit bias. `choose_rows` picks for many at once.
+
+    A `RowSampler(config, vocab, row=r)` draws exactly what row r of a `Sampler(config, ...)` draws, so a
+    row's text equals `Model.generate`'s (row 0) or `generate_batch`'s (row r) for the same seed, whoever
+    shares its batch. `bias`: token id -> a number added to its logit before every choice.
+    """
+
+    def __init__(self, config: SamplingConfig, vocab: int, row: int = 0, bias: dict[int, float] | None = None):
+        self.config = config
+        self._seeds = np.random.SeedSequence(config.rng_seed)
+        self._row = row
+        self._rng: np.random.Generator | None = None  # made at the first draw: greedy never needs one
+        self.penalized = config.repetition_penalty != 1
+        self.seen = np.zeros(vocab, bool)
+        self.bias = None
+        if bias:
+            ids = np.fromiter(bias, np.int64, len(bias))
+            self.bias = (ids, np.array([bias[i] for i in ids.tolist()], np.float32))
+        # rows with equal keys are chosen for in one batched call
+        self.key = (config.temperature, config.top_k, config.top_p) if not config.greedy else ("greedy",)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        if self._rng is None:
+            self._rng = _row_generator(self._seeds, self._row)
+        return self._rng
+
+    def remember(self, ids: Sequence[int]) -> None:
+        """The row's text now holds `ids` too (its prompt): the repetition penalty counts them."""
+        if self.penalized and len(ids):
+            self.seen[np.asarray(ids, np.int64)] = True
+
+    def state(self) -> tuple[dict, np.ndarray]:
+        """The random generator's state and the seen tokens, as `Sampler.row_state` gives them (snapshots)."""
+        return self.rng.bit_generator.state, self.seen.copy()
+
+    def restore(self, rng_state: dict | None, seen: np.ndarray) -> None:
+        """Go on from a `state()`; with `rng_state` None, keep this sampler's own random stream."""
+        if rng_state is not None:
+            self.rng.bit_generator.state = rng_state
+        self.seen[:] = seen
+
+    def _adjust(self, logits: np.ndarray) -> None:
+        """Bias and penalty on this row's logits (V,), in place: exactly `Sampler._penalize`'s arithmetic."""
+        if self.bias is not None:
+            logits[self.bias[0]] += self.bias[1]
+        if self.penalized:
+            values = logits[self.seen]
+            penalty = logits.dtype.type(self.config.repetition_penalty)
+            with np.errstate(over="ignore", invalid="ignore"):
+                logits[self.seen] = np.where(values > 0, values / penalty, values * penalty)
+
+
+def choose_rows(logits: np.ndarray, samplers: Sequence[RowSampler]) -> np.ndarray:
+    """Token ids [n] int64 for `logits` [n, vocab] float32 (changed in place), row i chosen by `samplers[i]`.
+
+    Rows with the same settings are chosen for together (one batched pass each); nothing mixes rows, so each
+    row's token depends only on its logits and its sampler. Never the unknown token.
+    """
+    logits[:, UNK_ID] = -np.inf
+    for i, sampler in enumerate(samplers):
+        if sampler.bias is not None or sampler.penalized:
+            sampler._adjust(logits[i])
+    groups: dict[tuple, list[int]] = {}
+    for i, sampler in enumerate(samplers):
+        groups.setdefault(sampler.key, []).append(i)
+    ids = np.empty(len(samplers), np.int64)
+    for members in groups.values():
+        rows = np.array(members, np.int64)
+        block = logits if len(members) == len(samplers) else logits[rows]
+        first = samplers[members[0]]
+        if first.config.greedy:
+            ids[rows] = _greedy(block, rows)
+        else:
+            u = np.array([samplers[i].rng.random() for i in members])
+            ids[rows] = _sample(first.config, block, u, rows)
+    for sampler, token in zip(samplers, ids.tolist()):
+        if sampler.penalized:
+            sampler.seen[token] = True
+    return ids
+
+
+def _greedy(logits: np.ndarray, rows: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+    """The most likely token of each row of `logits` (n, V), batch rows `rows`; `index` is arange(n) if at hand."""
+    ids = logits.argmax(axis=1)
+    if len(ids) == 1:  # the common single stream: a scalar check costs a tenth of the general one
+        if logits.item(0, int(ids[0])) > -math.inf:  # False for NaN too
+            return ids
+        best = logits[0, ids]
+    else:
+        best = logits[np.arange(len(logits)) if index is None else index, ids]
+        if best.min() > -np.inf:
+            return ids
+    for i in np.flatnonzero(np.isnan(best)):  # argmax points at a NaN: choose among the numbers
+        values = logits[i]
+        values[np.isnan(values)] = -np.inf
+        ids[i] = values.argmax()
+        best[i] = values[ids[i]]
+    if (best == -np.inf).any():
+        raise _nothing_to_choose(int(rows[np.argmax(best == -np.inf)]))
+    return ids
+
+
+def _sample(config: SamplingConfig, logits: np.ndarray, u: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Draw from softmax(logits / T), cut to the top-k and top-p tokens, one draw per row: row i's uniform
+    number is u[i]. Rows go through in blocks, and nothing mixes rows: a row's token does not depend on the
+    others."""
+    count, vocab = logits.shape
+    ids = np.empty(count, np.int64)
+    size = max(1, _BLOCK // vocab)
+    with np.errstate(over="ignore", invalid="ignore"):  # extreme logits overflow to -inf: weight 0
+        for start in range(0, count, size):
+            block = slice(start, start + size)
+            ids[block] = _sample_block(config, logits[block], u[block], rows[block])
+    return ids
+
+
+def _sample_block(config: SamplingConfig, w: np.ndarray, u: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Turns the logits block `w` (b, V) of batch rows `rows` into weights in place, cuts them, draws."""
+    vocab = w.shape[1]
+    top = _finite_max(w, rows)  # (b,)
+    best = _keep_top_k(w, config.top_k) if 0 < config.top_k < vocab else None  # (b, k) logits or None
+    inverse = w.dtype.type(1.0 / config.temperature)
+    _to_weights(w, top, inverse)  # (b, V) in [0, 1]: the most likely token's is 1, cut tokens' 0
+    if config.top_p < 1:
+        _keep_top_p(w, config.top_p, None if best is None else _to_weights(best, top, inverse))
+    return _draw(w, u)
 
 
 def _nothing_to_choose(row: int) -> ModelFileError:

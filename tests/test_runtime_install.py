@@ -59,6 +59,7 @@ def test_runtime_only_install_in_a_fresh_venv_generates_text_without_torch(tmp_p
     for path in RUNTIME.iterdir():
         if path.suffix == ".py" or path.name == "pyproject.toml":
             shutil.copy2(path, source / path.name)
+    shutil.copytree(RUNTIME / "serve", source / "serve", ignore=shutil.ignore_patterns("__pycache__"))  # rnn-serve
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"

@@ -1,0 +1,3 @@
+from rnnx.runtime.serve.cli import main
+
+main()
