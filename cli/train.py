@@ -8,6 +8,7 @@ rnn-train --overwrite                                 # train the default model 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -89,7 +90,8 @@ def main(
         except Stopped as stop:  # SIGINT or SIGTERM, after the checkpoint was written
             typer.echo(str(stop), err=True)
             raise typer.Exit(stop.exit_code) from None
-        typer.echo(f"trained -> {result.out}: {result.summary()}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports for all
+            typer.echo(f"trained -> {result.out}: {result.summary()}")
 
 
 def _resume(flags: dict):

@@ -1,0 +1,104 @@
+"""torchrun: two processes (gloo on CPU) train what one process trains with the same global batch, and a run
+resumes on another number of processes (2 -> 1 -> 2) with the same result as a run that was never stopped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnx.trainer.checkpoint import load_train_state
+from rnnx.trainer.model import ModelConfig
+from rnnx.trainer.train import TrainConfig, resume, train
+
+MODEL = ModelConfig(cell="lstm", embed=8, hidden=16)
+FLAGS = ["--cell", "lstm", "--embed", "8", "--hidden", "16", "--seq-len", "16", "--eval-every", "4"]
+TIMEOUT = 120  # seconds: a process that hangs in a collective fails the test instead of blocking CI
+
+
+def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "rnn_train.py"
+    script.write_text("from rnnx.cli.train import app\napp()\n", encoding="utf-8")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _vals(out: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["val_loss"]) for r in records if r["event"] == "val"]
+
+
+def _same_state(a: Path, b: Path) -> None:
+    """Weights, AdamW moments and the carried state of every stream agree within float tolerance."""
+    ta, tb = load_train_state(a)[0], load_train_state(b)[0]
+    names = [n for n in ta if n.startswith(("model.", "optim.", "carry."))]
+    assert names and set(names) <= set(tb)
+    for name in names:
+        torch.testing.assert_close(ta[name], tb[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process, global batch 8, 24 steps (validated every 4), and the same run stopped at 12."""
+    root = tmp_path_factory.mktemp("single")
+    data = root / "text.txt"
+    data.write_text("the cat sat on the mat. a dog ran by the red door and then it saw what the cat did. " * 150)
+    base = TrainConfig(data=data, batch_size=8, seq_len=16, eval_every=4)
+    train(MODEL, TrainConfig(**{**base.__dict__, "out": root / "24", "steps": 24}), progress=False)
+    train(MODEL, TrainConfig(**{**base.__dict__, "out": root / "12", "steps": 12}), progress=False)
+    return root
+
+
+def test_two_processes_train_what_one_trains_and_resume_on_one(
+    single: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "two"
+    data = single / "text.txt"
+    done = _torchrun(tmp_path, "--data", str(data), "--out", str(out), "--batch-size", "4", "--steps", "12", *FLAGS)
+    assert done.stdout.count("trained -> ") == 1  # only the first process reports
+    assert load_train_state(out)[1]["world_size"] == 2
+    _same_state(out, single / "12")
+    ours, theirs = _vals(out), _vals(single / "12")
+    assert [s for s, _ in ours] == [s for s, _ in theirs] == [4, 8, 12]
+    for (_, a), (_, b) in zip(ours, theirs):
+        assert a == pytest.approx(b, rel=1e-5)
+
+    with caplog.at_level(logging.WARNING, logger="rnnx"):
+        result = resume(out, {"steps": 24}, progress=False)  # this process alone: 8 streams, as before on two
+    assert result.steps == 24
+    assert "resuming a run of 2 process(es) on 1: each reads 8 streams instead of 4" in caplog.text
+    _same_state(out, single / "24")  # no dropout, no resets: the same run as one never stopped
+    assert _vals(out)[-1][1] == pytest.approx(_vals(single / "24")[-1][1], rel=1e-5)
+
+
+def test_one_process_run_resumes_on_two(single: Path, tmp_path: Path) -> None:
+    out = tmp_path / "one"
+    out.mkdir()
+    for path in (single / "12").iterdir():
+        if path.is_file() and not path.name.startswith("."):
+            (out / path.name).write_bytes(path.read_bytes())
+    done = _torchrun(tmp_path, "--out", str(out), "--resume", "--steps", "24")
+    assert "resuming a run of 1 process(es) on 2: each reads 4 streams instead of 8" in done.stderr
+    assert load_train_state(out)[1]["progress"]["step"] == 24
+    _same_state(out, single / "24")
+
+
+def test_an_odd_global_batch_cannot_be_shared(single: Path, tmp_path: Path) -> None:
+    out = tmp_path / "odd"
+    train(MODEL, TrainConfig(data=single / "text.txt", out=out, batch_size=3, seq_len=16, steps=2), progress=False)
+    script = tmp_path / "rnn_train.py"
+    script.write_text("from rnnx.cli.train import app\napp()\n", encoding="utf-8")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    done = subprocess.run(
+        [*command, "--out", str(out), "--resume", "--steps", "4"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode != 0
+    assert "the run's global batch of 3 streams cannot be shared by 2 processes" in done.stderr
+    assert load_train_state(out)[1]["progress"]["step"] == 2  # nothing written
