@@ -13,6 +13,7 @@ small on the CPU instead, so that a typo shows up here, not on the GPU machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -45,7 +46,7 @@ from gpu_common import (  # noqa: E402
 
 def facts(args: argparse.Namespace) -> int:
     out: Path = args.out
-    ort_ok, ort_note = probe_onnxruntime()  # before torch is imported: the runtime's own situation
+    ort_ok, ort_note = probe_onnxruntime()  # after torch_first, as the campaign's other steps run
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -57,7 +58,7 @@ def facts(args: argparse.Namespace) -> int:
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch_ok else None,
+        "cudnn": cudnn_version(torch) if torch_ok else None,
         "gpu": torch.cuda.get_device_name(0) if torch_ok else None,
         "onnxruntime": f"{ort.__version__} ({Path(ort.__file__).parent})",
         "onnxruntime_providers": ort.get_available_providers(),
@@ -67,6 +68,8 @@ def facts(args: argparse.Namespace) -> int:
         "onnxruntime_probe": ort_note,
     }
     data["rnnx"] = rnnx_probe(Path(args.work))
+    data["ld_library_path"] = os.environ.get("LD_LIBRARY_PATH", "")
+    data["cuda_libraries_loaded"] = loaded_libraries("libcudnn.so", "libcublas", "libcudart")
     data["nvidia_smi"] = command_output(["nvidia-smi"])
     data["nvidia_smi_query"] = command_output(
         ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit", "--format=csv"]
@@ -179,6 +182,34 @@ def tests(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------- main
 
 
+def torch_first() -> None:
+    """torch and its CUDA libraries before onnxruntime's: the runtime then leaves them as they are (session.py)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):  # a cuDNN mismatch is the facts step's finding, not a crash here
+            torch.backends.cudnn.version()
+
+
+def cudnn_version(torch: Any) -> int | str:
+    try:
+        return torch.backends.cudnn.version()
+    except RuntimeError as exc:  # torch refuses a cuDNN of another version than it was built for
+        return f"error: {exc}"
+
+
+def loaded_libraries(*names: str) -> list[str]:
+    """The shared libraries of this process whose file names start with one of `names` (from /proc/self/maps)."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    paths = {line.split()[-1] for line in maps if line.count("/")}
+    return sorted(p for p in paths if Path(p).name.startswith(names))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("facts", "tests", "latency", "train", "quality"))
@@ -191,6 +222,7 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], help="quality run settings as key=value")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    torch_first()
     with tempfile.TemporaryDirectory(prefix=f"rnnx-gpu-{args.step}-") as tmp:
         args.work = args.work or tmp
         Path(args.work).mkdir(parents=True, exist_ok=True)

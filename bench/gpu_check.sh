@@ -114,6 +114,14 @@ run_step() {
   record "$label" "$status" $((SECONDS - start)) "$detail"
 }
 
+# the folder of the libcudnn.so.9 that came with torch's nvidia-* wheels, found without importing torch
+TORCH_CUDNN_DIR='
+import importlib.util, pathlib
+spec = importlib.util.find_spec("torch")
+site = pathlib.Path(spec.origin).parents[1] if spec and spec.origin else None
+hits = sorted(site.glob("nvidia/**/libcudnn.so.9")) if site else []
+print(hits[0].parent if hits else "")'
+
 # onnxruntime-gpu (see docs/gpu.md) and the project, importable without network
 setup() {
   local start=$SECONDS notes=()
@@ -129,6 +137,14 @@ setup() {
     fi
   else
     notes+=("no /tmp/site nor wheel parts: the onnxruntime already installed")
+  fi
+  # torch's own cuDNN first on the library path: onnxruntime otherwise loads the system's, and a torch built for
+  # another version refuses it (first H200 run: "compiled against (9, 19, 0) but found runtime version (9, 14, 0)")
+  local cudnn
+  cudnn=$("$PYTHON" -c "$TORCH_CUDNN_DIR" 2>/dev/null || true)
+  if [[ -n $cudnn ]]; then
+    export LD_LIBRARY_PATH=$cudnn${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    notes+=("torch's cuDNN first on LD_LIBRARY_PATH ($cudnn)")
   fi
   local probe='import rnnx.runtime, rnnx.trainer, rnnx.export, onnxruntime' status=ok
   if "$PYTHON" -c "$probe" 2>"$OUT/setup.log"; then

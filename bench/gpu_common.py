@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,9 @@ def probe_onnxruntime() -> tuple[bool, str]:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False, f"onnxruntime {ort.__version__} has no CUDA provider (the CPU build?)"
-    if hasattr(ort, "preload_dlls"):  # as the runtime does: CUDA libraries from the nvidia-* wheels, no torch
-        ort.preload_dlls()
+    torch = sys.modules.get("torch")
+    if hasattr(ort, "preload_dlls") and getattr(getattr(torch, "version", None), "cuda", None) is None:
+        ort.preload_dlls()  # as the runtime does (session.py): only where no CUDA torch brought its libraries
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "x"], ["y"])],
         "probe",

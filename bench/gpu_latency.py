@@ -65,6 +65,67 @@ def sampled_loop(model: Any, batch: int) -> Callable[[int], None]:
     return loop
 
 
+def step_profile(model: Any, batch: int, steps_n: int = 2000) -> dict[str, float]:
+    """Where one generation step's time goes, µs per step (means over `steps_n` steps, after a warm-up).
+
+    `steps.run` is timed whole, and for the CUDA steps also as its three calls (token ids up, the graph run,
+    logits down: private members, read here for the profile only; with device outputs onnxruntime may return
+    before the GPU is done, so the wait can show up in "logits down"); then rnnx's whole generation step, greedy
+    and sampled, whose excess over `steps.run` is the host's sampling and text work.
+    """
+    import numpy as np
+
+    from rnnx.runtime import SamplingConfig
+    from rnnx.runtime.cuda import CudaSteps
+
+    def mean_us(fn: Callable[[], None]) -> float:
+        for _ in range(20):
+            fn()
+        start = time.perf_counter()
+        for _ in range(steps_n):
+            fn()
+        return (time.perf_counter() - start) * 1e6 / steps_n
+
+    found: dict[str, float] = {}
+    steps = model.open_steps(batch)
+    ids = np.arange(batch, dtype=np.int64) % 60 + 1
+    found["steps.run (up, graph, down)"] = mean_us(lambda: steps.run(ids))
+    if isinstance(steps, CudaSteps):
+        parts = {"token ids up (update_inplace)": 0.0, "graph run (run_with_iobinding)": 0.0, "logits down": 0.0}
+        names = list(parts)
+        for i in range(steps_n + 20):
+            current = steps._current
+            t0 = time.perf_counter()
+            steps._tokens.update_inplace(ids)
+            t1 = time.perf_counter()
+            steps._session.run_with_iobinding(steps._bindings[current], steps._run_options[current])
+            t2 = time.perf_counter()
+            steps._logits.numpy()
+            t3 = time.perf_counter()
+            steps._current = 1 - current
+            if i >= 20:
+                for name, took in zip(names, (t1 - t0, t2 - t1, t3 - t2)):
+                    parts[name] += took * 1e6 / steps_n
+        found.update(parts)
+    steps.close()
+    prompts = [chr(33 + row % 64) for row in range(batch)]
+    for how, sampling in (
+        ("generation step, greedy", SamplingConfig(max_new_tokens=10**9)),
+        ("generation step, sampled (T 0.8, top-k 40)", SamplingConfig(temperature=0.8, top_k=40, rng_seed=1)),
+    ):
+        run = model.generator(prompts, replace(sampling, max_new_tokens=10**9))
+        found[how] = mean_us(run.step)
+        run.close()
+    return found
+
+
+def profile_table(profiles: list[dict[str, Any]]) -> str:
+    lines = ["| model | batch | phase | µs per step |", "|---|---|---|---|"]
+    for p in profiles:
+        lines += [f"| {p['model']} | {p['batch']} | {phase} | {us:.1f} |" for phase, us in p["phases"].items()]
+    return "\n".join(lines)
+
+
 def text_parity(path: Path, provider: str, cuda_graph: bool) -> list[dict[str, Any]]:
     """The same prompts, greedy and sampled with one seed, on the CPU and on `provider`: is the text identical?"""
     from rnnx.runtime import Model, SamplingConfig
@@ -140,13 +201,22 @@ def latency_step(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.limit - 20  # leave room to write the results
     rows: list[Any] = []
     parity: list[dict[str, Any]] = []
+    profiles: list[dict[str, Any]] = []
     errors: list[str] = []
 
     def save(final: bool) -> None:
         md = ["## CUDA latency (bench/latency.py's CUDA rows)", "", latency_table(rows), ""]
         md += ["Targets (issue 14):", *latency_targets(rows, parity), ""]
+        if profiles:
+            md += ["Where a CUDA-graph step's time goes (`step_profile`):", "", profile_table(profiles), ""]
         md += [f"- {e}" for e in errors]
-        data = {"rows": [asdict(r) for r in rows], "parity": parity, "errors": errors, "final": final}
+        data = {
+            "rows": [asdict(r) for r in rows],
+            "parity": parity,
+            "profiles": profiles,
+            "errors": errors,
+            "final": final,
+        }
         graph1 = next((r.micros for r in rows if (r.model, r.batch, r.what) == ("LSTM 1024", 1, SAMPLED)), None)
         detail = f"{len(rows)} rows, {len(errors)} errors; LSTM 1024 batch 1 CUDA graphs sampled: " + (
             f"{graph1:.1f} µs" if graph1 else "—"
@@ -183,6 +253,15 @@ def latency_step(args: argparse.Namespace) -> int:
                 parity = text_parity(path, "cuda", cuda_graph=True)
             except Exception as exc:
                 errors.append(f"text parity: {type(exc).__name__}: {exc}")
+            try:
+                from rnnx.runtime import Model
+
+                on_gpu = Model(path, provider="cuda", cuda_graph=True)
+                for batch in (1, 64):
+                    profiles.append({"model": name, "batch": batch, "phases": step_profile(on_gpu, batch)})
+            except Exception as exc:
+                errors.append(f"step profile: {type(exc).__name__}: {exc}")
+            save(False)
     save(True)
     missing_rnnx = any(r.micros is None for r in rows)
     return 1 if errors or missing_rnnx or not rows else OK
@@ -205,10 +284,33 @@ def latency_rehearsal(out: Path, work: Path, cuda: Cuda) -> int:
         latency.Row(name, 1, "rnnx fp32 (CPU rehearsal), sampled (T 0.8, top-k 40)", micros[1]),
     ]
     parity = text_parity(path, "cpu", cuda_graph=False)
+    profiles = [{"model": name, "batch": 1, "phases": step_profile(cpu, 1, 50)}]
+    host = {"model": name + ", CUDA steps' code on host", "batch": 2, "phases": step_profile(HostSteps(cpu), 2, 50)}
+    profiles.append(host)
     md = ["## CUDA latency", "", "skipped: no CUDA. CPU rehearsal of the same code (not a measurement):", ""]
     latency_targets(rows, parity)  # run, not shown: with nothing measured on a GPU the verdicts mean nothing
     same = all(p["identical"] for p in parity)
     md += [latency_table(rows), "", f"Text parity code ran, CPU against CPU: {'identical' if same else 'DIFFERENT'}."]
-    data = {"rows": [asdict(r) for r in rows], "parity": parity, "cuda": asdict(cuda)}
+    md += ["", profile_table(profiles)]
+    data = {"rows": [asdict(r) for r in rows], "parity": parity, "profiles": profiles, "cuda": asdict(cuda)}
     write_result(out, "latency", "\n".join(md), data, f"no CUDA; CPU rehearsal ran ({len(rows)} rows, parity checked)")
     return SKIPPED_NO_CUDA
+
+
+class HostSteps:
+    """A CPU model whose `open_steps` lends the CUDA steps' code on host OrtValues: the profile's split runs too."""
+
+    def __init__(self, model: Any) -> None:
+        from rnnx.runtime.cuda import GraphPool
+        from rnnx.runtime.steps import PromptReader
+
+        self._model = model
+        self._pool = GraphPool(model.session, model.info, PromptReader(model.step, None, model.info), device="cpu")
+
+    def open_steps(self, batch: int) -> Any:
+        steps = self._pool.acquire(batch)
+        steps.load(self._model.initial_state(batch))
+        return steps
+
+    def generator(self, *args: Any, **kwargs: Any) -> Any:
+        return self._model.generator(*args, **kwargs)

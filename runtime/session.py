@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 
 import onnxruntime as ort
 
@@ -37,6 +38,27 @@ def session_options(threads: int, spin: bool) -> ort.SessionOptions:
     return options
 
 
+def cuda_provider_options(cuda_graph: bool) -> dict[str, str]:
+    """The CUDA provider's options: full fp32 matmuls (its default is TF32 on Ampere and later, whose 10-bit
+    mantissa changes logits by ~1e-3, enough to flip a sampled token now and then: the text would then differ
+    from the CPU's for the same seed), and CUDA graphs when asked."""
+    options = {"use_tf32": "0"}
+    if cuda_graph:
+        options["enable_cuda_graph"] = "1"
+    return options
+
+
+def _torch_brought_cuda() -> bool:
+    """Whether a CUDA build of torch is already imported, and with it its own CUDA and cuDNN libraries.
+
+    onnxruntime's `preload_dlls` would then load a second cuDNN from the default library path, possibly
+    another version (seen on an H200 machine: torch built for cuDNN 9.19 found 9.14 and refused), while the
+    libraries torch loaded serve onnxruntime as they are. The runtime never imports torch; it only looks.
+    """
+    torch = sys.modules.get("torch")
+    return getattr(getattr(torch, "version", None), "cuda", None) is not None
+
+
 def _try_cuda_session(data: bytes, threads: int, spin: bool, cuda_graph: bool) -> ort.InferenceSession | None:
     """A session on the CUDA provider, or None when onnxruntime cannot really run one here.
 
@@ -49,11 +71,11 @@ def _try_cuda_session(data: bytes, threads: int, spin: bool, cuda_graph: bool) -
     ort.set_default_logger_severity(4)
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            if hasattr(ort, "preload_dlls"):  # CUDA libraries from pip's nvidia-* wheels, without torch
-                ort.preload_dlls()
+            if hasattr(ort, "preload_dlls") and not _torch_brought_cuda():
+                ort.preload_dlls()  # CUDA libraries from pip's nvidia-* wheels, or the system's
         options = session_options(threads, spin)
         options.log_severity_level = 4
-        cuda = (CUDA, {"enable_cuda_graph": "1"}) if cuda_graph else CUDA
+        cuda = (CUDA, cuda_provider_options(cuda_graph))
         session = ort.InferenceSession(data, options, providers=[cuda, CPU])
     except Exception as exc:  # onnxruntime raises its own exception types; any failure means "no CUDA"
         log.debug("CUDA session failed: %s", exc)

@@ -147,3 +147,26 @@ def test_generation_through_device_buffer_code_on_host(host_model: Model, monkey
         lambda batch: CudaSteps(host_model.session, host_model.info, batch, reader, device="cpu"),
     )
     assert host_model.generate_batch(prompts, sampling=sampling) == want
+
+
+def test_cuda_sessions_ask_for_full_fp32_and_graphs_only_when_asked() -> None:
+    from rnnx.runtime.session import cuda_provider_options
+
+    assert cuda_provider_options(False) == {"use_tf32": "0"}
+    assert cuda_provider_options(True) == {"use_tf32": "0", "enable_cuda_graph": "1"}
+
+
+def test_preload_is_left_to_a_cuda_torch_already_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA torch has loaded its own cuDNN; onnxruntime's preload could add a second, other version."""
+    import sys
+    import types
+
+    from rnnx.runtime.session import _torch_brought_cuda
+
+    fake = types.SimpleNamespace(version=types.SimpleNamespace(cuda="13.0"))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    assert _torch_brought_cuda()
+    fake.version.cuda = None  # a CPU build brought no CUDA libraries
+    assert not _torch_brought_cuda()
+    monkeypatch.delitem(sys.modules, "torch")
+    assert not _torch_brought_cuda()
