@@ -29,12 +29,24 @@ def main(
         ),
     ] = 100,
     model: Annotated[Path, typer.Option(help="Exported .onnx file.")] = Path("artifacts/default/model.onnx"),
-    temperature: Annotated[float, typer.Option(help="0 is greedy; higher is more random.")] = 0.0,
-    top_k: Annotated[int, typer.Option(help="Sample only from the k most likely tokens; 0 is off.")] = 0,
-    top_p: Annotated[float, typer.Option(help="Sample from the smallest set with this much probability.")] = 1.0,
+    temperature: Annotated[
+        float | None, typer.Option(help="0 is greedy; higher is more random. [default: the model's, else 0]")
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(help="Sample only from the k most likely tokens; 0 is off. [default: the model's, else 0]"),
+    ] = None,
+    top_p: Annotated[
+        float | None,
+        typer.Option(help="Sample from the smallest set with this much probability. [default: the model's, else 1]"),
+    ] = None,
     repetition_penalty: Annotated[
-        float, typer.Option(help="Above 1 makes tokens already in the text less likely; 1 is off.")
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            help="Above 1 makes tokens already in the text less likely; 1 is off. [default: the model's, else 1; "
+            "word models trained by rnnx carry 1.3]"
+        ),
+    ] = None,
     stop: Annotated[
         list[str] | None, typer.Option(help="Stop before this text appears in the output (repeatable).")
     ] = None,
@@ -46,15 +58,12 @@ def main(
     with user_errors():
         from rnnx.runtime import Model, SamplingConfig
 
-        sampling = SamplingConfig(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            stop=tuple(stop or ()),
-            rng_seed=rng_seed,
-        )
+        given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "repetition_penalty": repetition_penalty}
+        given = {k: v for k, v in given.items() if v is not None}
+        SamplingConfig(**given)  # bad flags fail before the model loads
         loaded = Model(model, provider=provider, threads=threads)
+        settings = {**loaded.info.generation, **given}  # the model file's defaults, unless told otherwise
+        sampling = SamplingConfig(**settings, stop=tuple(stop or ()), rng_seed=rng_seed)
         words = loaded.tokenizer.kind == "word"
         count = loaded.new_tokens_for_length(seed, length, words=words)
         if not words:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,8 @@ def export_model(
     output = output or model_dir / ONNX_NAME
     weights = _check_options(output, opset, quantize, form)
     source = _identity(model_dir / WEIGHTS)
-    model, tokenizer, _ = load_model(model_dir)
+    model, tokenizer, document = load_model(model_dir)
+    generation = contract.check_generation(document.get("generation", {}), str(model_dir / WEIGHTS))
     cell = model.config.cell
     proto = build_step_graph(model, tokenizer, opset, form)
     worst = verify_step_graph(proto, model)
@@ -111,6 +113,8 @@ def export_model(
         if weights == "int8":
             reference = steps_reference(proto, cell)
         prompt_diff = verify_prompt_path(proto, reference, cell, model.config.vocab_size)
+    if generation:  # the model's default sampling settings, for rnn-run (contract.META_GENERATION)
+        proto.metadata_props.add(key=contract.META_GENERATION, value=json.dumps(generation))
     data = proto.SerializeToString()
     if _identity(model_dir / WEIGHTS) != source:  # a training run saved a new model (and removed old exports)
         raise ExportCheckError(

@@ -21,10 +21,10 @@ travels in `metadata_props` under the keys below; nothing else spells these name
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from rnnx.runtime.errors import ModelFileError
+from rnnx.runtime.errors import ModelFileError, UsageError
 
 FORMAT_VERSION = 2  # 1: the step path only; 2: may carry the prompt path
 # Every op we emit (LSTM/GRU/RNN-14, Gather/Gemm/Concat-13, Squeeze/Unsqueeze/Split-13+) exists from
@@ -57,7 +57,9 @@ META_KEYS = frozenset(
 )
 # Keys a file may lack (files exported before they existed); ModelInfo's defaults stand in for them.
 META_WEIGHTS = "rnnx.weights"  # how the weights are stored: one of WEIGHT_FORMATS
-META_OPTIONAL_KEYS = frozenset({META_WEIGHTS})
+META_GENERATION = "rnnx.generation"  # JSON: sampling settings rnn-run uses unless told otherwise
+META_OPTIONAL_KEYS = frozenset({META_WEIGHTS, META_GENERATION})
+GENERATION_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty")  # what a file may set of SamplingConfig
 
 # "int8": onnxruntime dynamic quantization (int8 weights, activations quantized per call); CPU only.
 WEIGHT_FORMATS = ("fp32", "int8")
@@ -103,6 +105,7 @@ class ModelInfo:
     producer: str = "rnnx"
     weights: str = "fp32"  # one of WEIGHT_FORMATS
     format_version: int = FORMAT_VERSION
+    generation: dict[str, Any] = field(default_factory=dict)  # default sampling settings (GENERATION_KEYS)
 
     @property
     def state_inputs(self) -> tuple[str, ...]:
@@ -122,6 +125,7 @@ class ModelInfo:
             META_TOKENIZER: json.dumps(self.tokenizer, ensure_ascii=False, separators=(",", ":")),
             META_PRODUCER: self.producer,
             META_WEIGHTS: self.weights,
+            **({META_GENERATION: json.dumps(self.generation)} if self.generation else {}),
         }
 
     @property
@@ -162,6 +166,7 @@ class ModelInfo:
                 producer=meta[META_PRODUCER],
                 weights=meta.get(META_WEIGHTS, "fp32"),
                 format_version=version,
+                generation=check_generation(json.loads(meta.get(META_GENERATION, "{}")), source),
             )
         except (ValueError, TypeError) as exc:
             raise ModelFileError(f"{source} has malformed rnnx metadata ({exc}): re-export it") from None
@@ -185,6 +190,20 @@ class ModelInfo:
                 f"more than its {file_bytes} bytes can hold: refusing it"
             )
         return info
+
+
+def check_generation(settings: Any, source: str) -> dict[str, Any]:
+    """Default sampling settings from a model file: a JSON object of GENERATION_KEYS with values that
+    SamplingConfig accepts; ModelFileError otherwise."""
+    from rnnx.runtime.sampling import SamplingConfig  # sampling does not import the contract: no cycle
+
+    if not isinstance(settings, dict) or not set(settings) <= set(GENERATION_KEYS):
+        raise ModelFileError(f"{source}: its generation settings are not {', '.join(GENERATION_KEYS)}: re-export it")
+    try:
+        SamplingConfig(**settings)
+    except UsageError as exc:
+        raise ModelFileError(f"{source}: bad generation setting ({exc}): re-export it") from None
+    return settings
 
 
 def _short(text: str, most: int = 40) -> str:

@@ -19,6 +19,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 LIMIT_FIELDS = ("epochs", "steps", "minutes", "device", "precision", "max_data_mb")  # what a resume may change
 
 
+# The sampling settings a model's file carries for rnn-run (rnnx.runtime.contract.GENERATION_KEYS), by tokenizer.
+# Greedy text from a small word model loops ("I had the of the which I had the of the which"); a repetition
+# penalty breaks the loops (see docs/training.md for samples). Characters repeat by nature: no default.
+GENERATION: dict[str, dict[str, float]] = {"word": {"repetition_penalty": 1.3}, "char": {}}
+
 MAX_LR = 1e30  # float32 optimizer arithmetic overflows past ~3e38; far below that, training diverges anyway
 
 

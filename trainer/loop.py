@@ -23,7 +23,7 @@ from tqdm import tqdm
 from rnnx.runtime.errors import RnnxError
 from rnnx.runtime.tokenizer import Tokenizer
 from rnnx.trainer.checkpoint import save_model
-from rnnx.trainer.config import TrainConfig, TrainResult
+from rnnx.trainer.config import GENERATION, TrainConfig, TrainResult
 from rnnx.trainer.data import LineBatches, StreamBatches
 from rnnx.trainer.distributed import Ranks
 from rnnx.trainer.evaluate import stateful_sums
@@ -243,6 +243,7 @@ class Run:
             "step": progress.step,
             "val_loss": progress.best_val,
             "val_protocol": f"stateful, {VAL_STREAMS} streams" if progress.best_val is not None else None,
+            **({"generation": GENERATION[self.unit]} if GENERATION.get(self.unit) else {}),
         }
 
     def diverged_error(self, what: str) -> RnnxError:
