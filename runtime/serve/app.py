@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from rnnx.runtime.model import Model
 from rnnx.runtime.serve.api import ApiError, CompletionRequest, plan_rows, prompts_of
@@ -52,8 +53,11 @@ def _raw_error(status: int, message: str, headers: list[tuple[bytes, bytes]] = (
     return start, {"type": "http.response.body", "body": body}
 
 
-class BodyTooLarge(ApiError):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while the body is read (FastAPI passes HTTPExceptions through as they are)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over {limit} bytes: send a smaller request")
 
 
 class Guard:
@@ -83,7 +87,7 @@ class Guard:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise BodyTooLarge(413, f"the request body is over {limit} bytes: send a smaller request")
+                raise BodyTooLarge(limit)
             return message
 
         async def counting_send(message):
@@ -124,9 +128,11 @@ def create_app(model: Model, config: ServeConfig, scheduler: Scheduler | None = 
 
     @app.exception_handler(ApiError)
     async def refused(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(
-            error_body(exc.status, exc.message, exc.param, exc.kind if exc.status != 413 else None), exc.status
-        )
+        return JSONResponse(error_body(exc.status, exc.message, exc.param, exc.kind), exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:  # 404, 405, 413 while reading
+        return JSONResponse(error_body(exc.status_code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
