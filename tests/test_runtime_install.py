@@ -53,29 +53,31 @@ def test_runtime_only_install_in_a_fresh_venv_generates_text_without_torch(tmp_p
         "the fox", 40, SamplingConfig(temperature=0.9, top_k=8, rng_seed=3)
     )
 
-    # Build from a copy, so that setuptools' build/ and egg-info never land in the checkout.
-    source = tmp_path / "rnnx-runtime"
-    source.mkdir()
-    for path in RUNTIME.iterdir():
-        if path.suffix == ".py" or path.name == "pyproject.toml":
-            shutil.copy2(path, source / path.name)
-    shutil.copytree(RUNTIME / "serve", source / "serve", ignore=shutil.ignore_patterns("__pycache__"))  # rnn-serve
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--disable-pip-version-check", "-q"]
-        + ["--no-input", str(source)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+    python, env = install_runtime(tmp_path)
 
     run = subprocess.run(
         [str(python), "-c", GENERATE, str(onnx_path)], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout == expected
+
+
+def install_runtime(tmp_path: Path, extras: str = "") -> tuple[Path, dict[str, str]]:
+    """rnnx-runtime (with `extras`, e.g. "[serve]") built from a copy of runtime/ and installed into a new venv
+    under `tmp_path`: that venv's python and the environment to run it in."""
+    source = tmp_path / "rnnx-runtime"  # a copy: setuptools' build/ and egg-info never land in the checkout
+    shutil.copytree(RUNTIME, source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--disable-pip-version-check", "-q"]
+        + ["--no-input", f"{source}{extras}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    return python, env

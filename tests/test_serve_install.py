@@ -8,14 +8,12 @@ venv has no torch.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from test_runtime_install import install_runtime
 from test_serve import free_port, write_model
 
 from rnnx.runtime import Model, SamplingConfig
@@ -34,26 +32,12 @@ def test_runtime_serve_extra_installs_without_torch_and_serves(tmp_path: Path) -
     model_path = write_model(tmp_path / "tiny.onnx")
     expected = Model(model_path, provider="cpu").generate("the fox", 25, SamplingConfig(temperature=1.0, rng_seed=4))
 
-    source = tmp_path / "rnnx-runtime"  # a copy: setuptools' build/ and egg-info never land in the checkout
-    shutil.copytree(ROOT / "runtime", source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--disable-pip-version-check", "-q"]
-        + ["--no-input", f"{source}[serve]"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+    python, env = install_runtime(tmp_path, "[serve]")
     check = subprocess.run([str(python), "-c", CHECK], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
 
     port = free_port()
-    command = [str(venv / "bin" / "rnn-serve"), str(model_path), "--port", str(port), "--threads", "1"]
+    command = [str(python.parent / "rnn-serve"), str(model_path), "--port", str(port), "--threads", "1"]
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE)
     try:
         body = json.dumps({"prompt": "the fox", "max_tokens": 25, "seed": 4}).encode()
