@@ -81,3 +81,15 @@ def test_line_batches_restart_state() -> None:
     batch = LineBatches(examples, batch_size=64, seed=0).get(0, 0)
     assert not batch.stateful and batch.inputs.shape == (3, 9)
     assert sorted(batch.inputs[:, 0].tolist()) == [0, 10, 20]
+
+
+def test_word_vocabulary_counts_the_training_part_only() -> None:
+    from rnnx.trainer.data import fit_tokenizer
+
+    text = "the cat sat on the mat . " * 30 + "zebra " * 10  # 190 words: the last 19 are validation
+    tokenizer = fit_tokenizer(text, "word")
+    assert "zebra" not in tokenizer.vocab and set(tokenizer.vocab) == {"<unk>", "the", "cat", "sat", "on", "mat", "."}
+    _, val_ids = split_ids(torch.tensor(tokenizer.encode(text)))
+    assert val_ids[-10:].tolist() == [tokenizer.unk_id] * 10
+    assert fit_tokenizer(text, "word", max_vocab=3).vocab == ("<unk>", "the", "cat")  # 25 cats, 24 "." in the part
+    assert "z" in fit_tokenizer(text, "char").vocab  # characters: the whole text, as before

@@ -27,7 +27,7 @@ from rnnx.trainer.data import (
     DEFAULT_LINES,
     LineBatches,
     StreamBatches,
-    build_tokenizer,
+    fit_tokenizer,
     line_examples,
     read_corpus,
     split_ids,
@@ -91,7 +91,7 @@ def prepare(
         return Setup(tokenizer, LineBatches(examples, config.batch_size, config.rng_seed), None, digest)
     text = read_corpus(config.data, data_limit(config.max_data_mb))
     digest = _check_digest(text, config, data_sha256)
-    tokenizer = _fitted(tokenizer, build_tokenizer(text, config.tokenizer, config.max_vocab, config.min_freq))
+    tokenizer = _fitted(tokenizer, fit_tokenizer(text, config.tokenizer, config.max_vocab, config.min_freq))
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     train_ids, val_ids = split_ids(ids)
     if len(val_ids) < 2:
