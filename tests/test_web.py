@@ -233,9 +233,13 @@ def test_sampling_repeats_with_a_seed_and_keeps_the_length(page: Page, browser, 
 @pytest.mark.parametrize("name", ["default.onnx", "char.onnx", "gru.onnx", "word.onnx", "int8.onnx"])
 def test_logits_match_the_python_runtime(page: Page, models: Path, name: str) -> None:
     """100 steps through the step path, and a whole prompt through the prompt path, within 1e-4."""
-    python = Model(models / name, provider="cpu")
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1, python.info.vocab_size, size=100).tolist()
+    assert_same_logits(page, models / name, f"models/{name}")
+    page.assert_clean()
+
+
+def assert_same_logits(page: Page, path: Path, url: str, steps: int = 100) -> None:
+    python = Model(path, provider="cpu")
+    ids = np.random.default_rng(0).integers(1, python.info.vocab_size, size=steps).tolist()
     page.page.goto(page.site + "index.html")
     browser_rows = page.page.evaluate(
         """async ([url, ids]) => {
@@ -244,7 +248,7 @@ def test_logits_match_the_python_runtime(page: Page, models: Path, name: str) ->
             const read = await model.read(ids, model.initialState());
             return { steps, read: Array.from(read.logits), prompt: model.info.hasPromptPath };
         }""",
-        [f"models/{name}", ids],
+        [url, ids],
     )
     state = python.initial_state(1)
     expected = []
@@ -255,7 +259,23 @@ def test_logits_match_the_python_runtime(page: Page, models: Path, name: str) ->
     read, _ = python.read(np.array([ids], np.int64), python.initial_state(1))
     np.testing.assert_allclose(np.array(browser_rows["read"]), read[0], atol=1e-4, rtol=0)
     assert browser_rows["prompt"] == python.has_prompt_path
-    page.assert_clean()
+
+
+TRAINED = [Path(p) for p in os.environ.get("RNNX_WEB_MODELS", "").split(os.pathsep) if p]
+
+
+@pytest.mark.skipif(not TRAINED, reason="set RNNX_WEB_MODELS to exported files (e.g. artifacts/shakespeare/model.onnx)")
+@pytest.mark.parametrize("path", TRAINED or [Path("unset")], ids=str)
+def test_trained_models_match_the_python_runtime(browser, path: Path) -> None:
+    """Real trained models (not made here: too slow for CI): greedy text equals rnn-run's, logits within 1e-4."""
+    seed, length = ("ROMEO:", 400) if Model(path, provider="cpu").tokenizer.kind == "char" else ("What happens", 80)
+    with _serve_module().serve(path.parent) as url:
+        page = Page(browser, url).open(model=f"models/{path.name}", seed=seed, len=length)
+        assert page.error is None
+        assert page.output == rnn_run(path, "--seed", seed, "--len", str(length))
+        assert_same_logits(page, path, f"models/{path.name}")
+        page.assert_clean()
+        page.page.close()
 
 
 TOKENIZER_TEXTS = [
