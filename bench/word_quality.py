@@ -1,4 +1,4 @@
-"""Word-model quality: the `words-lstm` preset against an interpolated Kneser-Ney trigram, same text, same split.
+"""Word-model quality: the `words-lstm-large` preset against an interpolated Kneser-Ney trigram, same text, same split.
 
     flock /tmp/rnnx-cpu.lock .venv/bin/python bench/word_quality.py --minutes 10
 
@@ -88,7 +88,7 @@ def _discount(counts: Counter) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/tinyshakespeare.txt"))
-    parser.add_argument("--preset", default="words-lstm")
+    parser.add_argument("--preset", default="words-lstm-large")
     parser.add_argument("--minutes", type=float, default=10.0, help="the LSTM's training budget")
     parser.add_argument("--out", type=Path, help="keep the LSTM's run directory here (default: a temporary one)")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="override preset settings")

@@ -18,7 +18,7 @@ from rnnx.cli.common import make_app, user_errors
 
 app = make_app("Train a recurrent language model (by default: the built-in three-sentence vanilla RNN).")
 
-_PRESETS = "shakespeare-gru, shakespeare-lstm, words-lstm"
+_PRESETS = "shakespeare-gru, shakespeare-lstm, words-lstm, words-lstm-large"
 
 
 @app.command()

@@ -94,3 +94,18 @@ def test_resume_continues_exactly(tmp_path: Path, cell: str, ema: float, state_r
     assert ("ema.0" in a) == bool(ema) and a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_a_word_run_started_with_a_whole_text_vocabulary_resumes(tmp_path: Path, monkeypatch) -> None:
+    """Runs started before the vocabulary counted the training part only keep the vocabulary they started with."""
+    import rnnx.trainer.train as training
+    from rnnx.trainer.data import build_tokenizer
+
+    data = tmp_path / "text.txt"
+    data.write_text("the cat sat on the mat . " * 200 + "zebra " * 60, encoding="utf-8")
+    config = TrainConfig(data=data, out=tmp_path / "run", tokenizer="word", steps=2, batch_size=4, seq_len=8)
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "fit_tokenizer", build_tokenizer)  # the trainer as it was
+        train(ModelConfig(cell="gru", embed=8, hidden=8), config, progress=False)
+    assert "zebra" in load_model(tmp_path / "run")[1].vocab
+    assert resume(tmp_path / "run", {"steps": 4}, progress=False).steps == 4

@@ -6,9 +6,9 @@ state, tokenizer and settings, and is the only code that writes it to `checkpoin
     state.save(out, ranks)                                                      # every checkpoint
 
 The file holds tensors named `model.*` (weights), `ema.*` (weight average), `optim.<i>.*` (AdamW's moments),
-`rng.cpu` (and `rng.cpu.<rank>` for the other processes of a torchrun run, `rng.cuda`) and `carry.<i>` (the carried
-state of every stream of the global batch), and as JSON in its header: progress, both configs, tokenizer, the
-data's digest, AdamW's settings and the number of processes. A checkpoint is a file from outside: every setting,
+`rng.cpu` and `rng.cuda` (and `rng.cpu.<rank>`, `rng.cuda.<rank>` for the other processes of a torchrun run) and
+`carry.<i>` (the carried state of every stream of the global batch), and as JSON in its header: progress, both
+configs, tokenizer, the data's digest, AdamW's settings and the number of processes. A checkpoint is a file from outside: every setting,
 counter, shape and number is checked before a run continues from it.
 """
 
@@ -144,8 +144,9 @@ class TrainState:
                 tensors[f"optim.{index}.{key}"] = value
         for rank, rng in enumerate(ranks.gather(torch.get_rng_state())):
             tensors["rng.cpu" if rank == 0 else f"rng.cpu.{rank}"] = rng
-        if torch.cuda.is_available() and self.model.head.weight.is_cuda and ranks.main:
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        if self.model.head.weight.is_cuda:  # dropout masks on a GPU draw from its own generator
+            for rank, rng in enumerate(ranks.gather(torch.cuda.get_rng_state())):
+                tensors["rng.cuda" if rank == 0 else f"rng.cuda.{rank}"] = rng
         carry = self.carry if self.carry is not None else self.model.init_state(self.config.batch_size)
         for i, s in enumerate(carry):
             tensors[f"carry.{i}"] = torch.cat(ranks.gather(s.float().cpu()), dim=1)  # (layers, B x world, H)
@@ -225,13 +226,14 @@ class SavedState:
         return tuple(s.to(model.head.weight.device) for s in carry)
 
     def _restore_random(self, tensors: dict[str, torch.Tensor], ranks: Ranks, device: torch.device) -> None:
-        name = "rng.cpu" if ranks.rank == 0 else f"rng.cpu.{ranks.rank}"
+        """Each process's own random state where the checkpoint has it; a fresh seed of its own where not."""
+        suffix = "" if ranks.rank == 0 else f".{ranks.rank}"
         if self.world == ranks.world or ranks.rank == 0:
-            torch.set_rng_state(tensors[name])
+            torch.set_rng_state(tensors[f"rng.cpu{suffix}"])
         else:
-            torch.manual_seed(ranks.seed(self.config.rng_seed, self.progress.step))
-        if "rng.cuda" in tensors and device.type == "cuda" and ranks.rank == 0:
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
+            torch.manual_seed(ranks.seed(self.config.rng_seed, self.progress.step))  # seeds the GPUs too
+        if device.type == "cuda" and f"rng.cuda{suffix}" in tensors and (self.world == ranks.world or not suffix):
+            torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"])
 
 
 def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:

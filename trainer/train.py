@@ -27,6 +27,7 @@ from rnnx.trainer.data import (
     DEFAULT_LINES,
     LineBatches,
     StreamBatches,
+    build_tokenizer,
     fit_tokenizer,
     line_examples,
     read_corpus,
@@ -91,7 +92,11 @@ def prepare(
         return Setup(tokenizer, LineBatches(examples, config.batch_size, config.rng_seed), None, digest)
     text = read_corpus(config.data, data_limit(config.max_data_mb))
     digest = _check_digest(text, config, data_sha256)
-    tokenizer = _fitted(tokenizer, fit_tokenizer(text, config.tokenizer, config.max_vocab, config.min_freq))
+    fitted = fit_tokenizer(text, config.tokenizer, config.max_vocab, config.min_freq)
+    if tokenizer is not None and tokenizer.kind == "word" and tokenizer.vocab != fitted.vocab:
+        legacy = build_tokenizer(text, "word", config.max_vocab, config.min_freq)  # counted over the whole text,
+        fitted = legacy if legacy.vocab == tokenizer.vocab else fitted  # as runs started before 2026-11-26 did
+    tokenizer = _fitted(tokenizer, fitted)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     train_ids, val_ids = split_ids(ids)
     if len(val_ids) < 2:
