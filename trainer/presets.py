@@ -89,7 +89,7 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # tutorial's 150 units; batches of 32 x 64 words (in three-minute probes, 8 x 32 with 150 units overfit after
     # two epochs; 32 x 64 with 400 units was better and still learning), AdamW 6e-3. Validation reads ~25k words
     # in fp32, so it runs at each epoch's end or every 30 s, not 5 s (which took 40% of a run). On a story of
-    # 2,000 words it overfits at once (perplexity 478 against words-lstm's 103): use words-lstm there.
+    # 2,000 words it overfits at once (perplexity 478 against words-lstm's 96-103): use words-lstm there.
     "words-lstm-large": (
         {
             "cell": "lstm",
