@@ -109,7 +109,9 @@ class Scheduler:
         self._rows: list[Row] = []  # the batch, in state order (this thread only)
         self._state: tuple[np.ndarray, ...] | None = None  # each (layers, rows, hidden); set at the first join
         self._logits: np.ndarray | None = None
-        self._touched: set[Job] = set()
+        self._touched: set[Job] = set()  # requests that gained events this step (this thread only)
+        self._wake_lock = threading.Lock()
+        self._pending: dict[asyncio.AbstractEventLoop, set[Job]] = {}  # to wake, per loop, callback scheduled
         self._last_step = 0.0
         self._thread = threading.Thread(target=self._run, name="rnnx-scheduler", daemon=True)
 
@@ -191,18 +193,31 @@ class Scheduler:
         self._touched.add(row.job)
 
     def _wake(self) -> None:
-        """One callback per loop per step: set the wake event of every request that gained something."""
+        """Wake every request that gained something: at most one callback waits in each event loop, however many
+        steps run before it does (a busy loop then drains several tokens per write, not one write per token)."""
         if not self._touched:
             return
-        by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
-        for job in self._touched:
-            by_loop.setdefault(job.loop, []).append(job)
+        schedule = []
+        with self._wake_lock:
+            for job in self._touched:
+                if job.loop not in self._pending:
+                    self._pending[job.loop] = set()
+                    schedule.append(job.loop)
+                self._pending[job.loop].add(job)
         self._touched = set()
-        for loop, jobs in by_loop.items():
+        for loop in schedule:
             try:
-                loop.call_soon_threadsafe(_set_all, jobs)
+                loop.call_soon_threadsafe(self._deliver, loop)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+                with self._wake_lock:
+                    self._pending.pop(loop, None)
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the event loop: set the wake event of every request touched since the last delivery."""
+        with self._wake_lock:
+            jobs = self._pending.pop(loop, ())
+        for job in jobs:
+            job.wake.set()
 
     def _drop_cancelled(self) -> None:
         gone = [i for i, row in enumerate(self._rows) if row.cancelled]
@@ -332,8 +347,3 @@ class Scheduler:
         self._leave(rows)
         self._rows, self._state, self._logits = [], None, None
         self.metrics.active_rows = 0
-
-
-def _set_all(jobs: list[Job]) -> None:
-    for job in jobs:
-        job.wake.set()
