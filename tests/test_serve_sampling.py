@@ -48,3 +48,27 @@ def test_row_zero_continues_a_restored_state_and_bias_moves_the_choice() -> None
     pushed = RowSampler(greedy, VOCAB, bias={top: -100.0})
     assert choose_rows(logits[:1].copy(), [RowSampler(greedy, VOCAB)])[0] == top
     assert choose_rows(logits[:1].copy(), [pushed])[0] != top
+
+
+def test_a_request_takes_the_model_files_sampling_defaults_unless_it_sets_them(tmp_path) -> None:
+    import torch
+
+    from rnnx.export.graph import build_step_graph
+    from rnnx.runtime import Model, contract
+    from rnnx.runtime.serve.api import CompletionRequest, plan_rows
+    from rnnx.runtime.serve.config import ServeConfig
+    from rnnx.runtime.tokenizer import CharTokenizer
+    from rnnx.trainer.model import RNNLM, ModelConfig
+
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer.build("the lazy dog")
+    graph = build_step_graph(RNNLM(ModelConfig(vocab_size=len(tokenizer.vocab), embed=4, hidden=8)), tokenizer, 17)
+    graph.metadata_props.add(key=contract.META_GENERATION, value='{"repetition_penalty": 1.3, "top_k": 5}')
+    (tmp_path / "m.onnx").write_bytes(graph.SerializeToString())
+    model, config = Model(tmp_path / "m.onnx", provider="cpu"), ServeConfig(model_name="m")
+
+    def settings(**body) -> SamplingConfig:
+        return plan_rows(CompletionRequest(prompt="the", **body), model, config)[0].sampler.config
+
+    assert (settings().repetition_penalty, settings().top_k, settings().temperature) == (1.3, 5, 1.0)
+    assert (settings(repetition_penalty=1.0, top_k=0).repetition_penalty, settings(top_k=0).top_k) == (1.0, 0)

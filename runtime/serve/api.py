@@ -14,6 +14,7 @@ import math
 from pydantic import BaseModel, ConfigDict, Field
 
 from rnnx.runtime import snapshot as snapshots
+from rnnx.runtime.contract import GENERATION_KEYS
 from rnnx.runtime.errors import RnnxError
 from rnnx.runtime.model import Model
 from rnnx.runtime.sampling import MAX_REPETITION_PENALTY, MAX_SEED, MAX_TEMPERATURE, RowSampler, SamplingConfig
@@ -24,6 +25,7 @@ MAX_STOPS = 4  # OpenAI's own limit
 MAX_STOP_CHARS = 200
 MAX_BIAS_ENTRIES = 300  # OpenAI's own limit
 MAX_BIAS = 100.0
+OPENAI_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
 
 
 class ApiError(Exception):
@@ -40,7 +42,8 @@ class StreamOptions(BaseModel):
 
 
 class CompletionRequest(BaseModel):
-    """POST /v1/completions. Defaults are OpenAI's (temperature 1, max_tokens 16)."""
+    """POST /v1/completions. Defaults are OpenAI's (temperature 1, max_tokens 16); sampling settings a request
+    leaves out come from the model file's defaults where it has them (`rnnx.generation`), as in rnn-run."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -92,16 +95,13 @@ def plan_rows(body: CompletionRequest, model: Model, config: ServeConfig) -> lis
     starts = _starts(body.state, len(prompts), model)
     bias = _bias(body.logit_bias, model.info.vocab_size)
     stop = _stops(body.stop)
+    # OpenAI's defaults, then the model file's own (word models carry a repetition penalty), then the request's
+    given = {
+        k: getattr(body, k) for k in GENERATION_KEYS if k in body.model_fields_set and getattr(body, k) is not None
+    }
+    settings = {**OPENAI_DEFAULTS, **model.info.generation, **given}
     try:
-        sampling = SamplingConfig(
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_k=body.top_k,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            repetition_penalty=body.repetition_penalty,
-            stop=stop,
-            max_new_tokens=_max_tokens(body),
-            rng_seed=body.seed,
-        )
+        sampling = SamplingConfig(**settings, stop=stop, max_new_tokens=_max_tokens(body), rng_seed=body.seed)
     except RnnxError as exc:
         raise ApiError(422, str(exc)) from None
     rows = []
