@@ -237,7 +237,7 @@ def test_echo_logit_bias_and_repetition_penalty(server: Server, model: Model) ->
 
 def test_64_concurrent_streams_give_their_own_texts_and_the_batch_grows(server: Server, model: Model) -> None:
     def body(i: int) -> dict:
-        return {"prompt": TEXT[i % 40 : i % 40 + 1 + i % 7], "max_tokens": 200, "top_k": 12, "seed": 100 + i}
+        return {"prompt": TEXT[i % 40 : i % 40 + 1 + i % 7], "max_tokens": 300, "top_k": 12, "seed": 100 + i}
 
     alone = streamed_texts(server.stream(body(7)))[0]
     texts: dict[int, str] = {}
@@ -256,7 +256,7 @@ def test_64_concurrent_streams_give_their_own_texts_and_the_batch_grows(server: 
     assert len(texts) == 64
     for i in range(64):
         prompt = body(i)["prompt"]
-        assert prompt + texts[i] == model.generate(prompt, sampling=sampling(100 + i, 200)), i
+        assert prompt + texts[i] == model.generate(prompt, sampling=sampling(100 + i, 300)), i
     assert texts[7] == alone  # the same request and seed, alone or among 63 others
     big = (server.metric("rnnx_batch_size_count") - before[1]) - (
         server.metric('rnnx_batch_size_bucket{le="8"}') - before[0]
