@@ -322,6 +322,11 @@ def test_state_tokens_that_are_not_this_models_are_400s(server: Server, tmp_path
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 422, "stop", "at most 4"),
         ({"prompt": "x", "logit_bias": {"999": 1}}, 422, "logit_bias", "token id"),
         ({"prompt": "x", "logit_bias": {"1": 500}}, 422, "logit_bias", "-100 to 100"),
+        ({"prompt": "x", "logit_bias": {"\u00b2": 1}}, 422, "logit_bias", "token id"),  # isdigit, not int()
+        ({"prompt": "x", "logit_bias": {"\u0663": 1}}, 422, "logit_bias", "token id"),  # Arabic-Indic 3
+        ({"prompt": "x", "logit_bias": {"9" * 5000: 1}}, 422, "logit_bias", "token id"),  # past int()'s digit limit
+        (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None, "not valid JSON"),  # too deep
+        (b'{"prompt": "\xff"}', 400, None, "not valid JSON"),  # not UTF-8
         ({"prompt": "x", "presence_penalty": 0.5}, 422, "presence_penalty", "not supported"),
         ({"prompt": "x", "colour": "red"}, 422, "colour", "unknown field"),
         ({"prompt": "x", "model": "gpt-4"}, 404, "model", "serves 'tiny'"),
@@ -373,11 +378,12 @@ def test_models_health_and_metrics(server: Server, model: Model) -> None:
 
 
 def test_api_key_is_required(strict: Server) -> None:
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"}):
         for method, path in (("GET", "/health"), ("POST", "/v1/completions"), ("GET", "/metrics")):
             status, resp, reply = strict.request(method, path, {"prompt": "x"}, headers)
             assert status == 401 and "API key" in reply["error"]["message"] and resp.getheader("www-authenticate")
-    assert strict.request("GET", "/health", headers=AUTH)[0] == 200
+    for header in (f"Bearer {KEY}", f"bearer  {KEY}", f" BEARER {KEY} "):  # the scheme's case and spaces are free
+        assert strict.request("GET", "/health", headers={"Authorization": header})[0] == 200, header
 
 
 def test_disconnect_frees_the_row_and_a_full_queue_is_429(strict: Server) -> None:
@@ -388,10 +394,14 @@ def test_disconnect_frees_the_row_and_a_full_queue_is_429(strict: Server) -> Non
     strict.wait_for("rnnx_queue_length", 1)
     status, resp, reply = strict.request("POST", "/v1/completions", {"prompt": "x"}, AUTH)
     assert status == 429 and resp.getheader("Retry-After") == "1" and "retry later" in reply["error"]["message"]
-    first.close()  # the client goes away: its row leaves, the waiting one runs
-    next(sse_events(resp2))
+    second.close()  # the waiting client goes away: its place in the queue is free at once, while the batch is full
     strict.wait_for("rnnx_queue_length", 0)
-    second.close()
+    third, resp3 = strict.open_stream(long, AUTH)
+    strict.wait_for("rnnx_queue_length", 1)
+    first.close()  # the running client goes away: its row leaves, the waiting one runs
+    next(sse_events(resp3))
+    strict.wait_for("rnnx_queue_length", 0)
+    third.close()
     strict.wait_for("rnnx_active_rows", 0)
     assert strict.complete({"prompt": "x", "max_tokens": 3}, AUTH)["choices"][0]["finish_reason"] == "length"
 
@@ -408,3 +418,23 @@ def test_sigterm_finishes_in_flight_streams_and_exits_0(model_path: Path) -> Non
     assert stop_server(server) == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+
+
+def test_sigterm_past_the_drain_cancels_running_and_waiting_rows_cleanly(model_path: Path) -> None:
+    args = ["--max-batch", "1", "--max-queue", "1", "--max-tokens", "100000000", "--drain-seconds", "1"]
+    server = start_server(model_path, *args)
+    long = {"prompt": "the", "max_tokens": 100_000_000, "temperature": 0}
+    running, resp = server.open_stream(long)
+    events = sse_events(resp)
+    next(events)
+    waiting, resp2 = server.open_stream(long)
+    server.wait_for("rnnx_queue_length", 1)
+    server.proc.send_signal(signal.SIGTERM)
+    for stream in (list(events), list(sse_events(resp2))):  # each ends properly, not with a dropped connection
+        assert stream[-1] == "[DONE]" and stream[-2]["choices"][0]["finish_reason"] == "cancelled", stream[-2:]
+    running.close()
+    waiting.close()
+    assert server.proc.wait(timeout=60) == 0
+    log = server.proc.stderr.read().decode()
+    assert "Traceback" not in log and "ERROR" not in log, log
+    stop_server(server)

@@ -179,7 +179,8 @@ def _bias(bias: dict[str, float] | None, vocab: int) -> dict[int, float] | None:
         raise ApiError(422, f"logit_bias: at most {MAX_BIAS_ENTRIES} entries, got {len(bias)}", "logit_bias")
     out = {}
     for key, value in bias.items():
-        if not key.isdigit() or not 0 <= int(key) < vocab:
+        # ASCII digits only: str.isdigit() also takes '²' and '٣', and int() of a 5000-digit key raises
+        if not (key.isascii() and key.isdigit() and len(key) <= 9) or not 0 <= int(key) < vocab:
             raise ApiError(422, f"logit_bias: key {key[:20]!r} is not a token id from 0 to {vocab - 1}", "logit_bias")
         if not (math.isfinite(value) and -MAX_BIAS <= value <= MAX_BIAS):
             raise ApiError(422, f"logit_bias: values must be from -100 to 100, got {value}", "logit_bias")

@@ -36,6 +36,7 @@ from rnnx.runtime.serve.metrics import Metrics
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1
+_FASTAPI_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's words for a body json.loads raised on
 
 
 def error_body(status: int, message: str, param: str | None = None, kind: str | None = None) -> dict:
@@ -65,7 +66,8 @@ class Guard:
 
     def __init__(self, app, config: ServeConfig, metrics: Metrics) -> None:
         self.app, self.config, self.metrics = app, config, metrics
-        self.key = None if config.api_key is None else f"Bearer {config.api_key}".encode()
+        self.scheduler: Scheduler | None = None  # create_app's engine: the CLI cancels its rows when a drain ends
+        self.key = None if config.api_key is None else config.api_key.encode()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -97,8 +99,13 @@ class Guard:
 
         await self.app(scope, counted, counting_send)
 
+    def _authorized(self, header: bytes) -> bool:
+        """`Bearer <key>`: the scheme in any case, any spaces between (RFC 7235); the key compared in constant time."""
+        scheme, _, token = header.strip().partition(b" ")
+        return hmac.compare_digest(token.strip(), self.key) and scheme.lower() == b"bearer"
+
     def _refusal(self, headers: dict[bytes, bytes]) -> tuple[dict, dict] | None:
-        if self.key is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.key):
+        if self.key is not None and not self._authorized(headers.get(b"authorization", b"")):
             return _raw_error(
                 401, "missing or wrong API key: send Authorization: Bearer <key>", [(b"www-authenticate", b"Bearer")]
             )
@@ -132,7 +139,10 @@ def create_app(model: Model, config: ServeConfig, scheduler: Scheduler | None = 
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:  # 404, 405, 413 while reading
-        return JSONResponse(error_body(exc.status_code, str(exc.detail)), exc.status_code, headers=exc.headers)
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == _FASTAPI_PARSE_ERROR:  # nested too deeply, or not UTF-8
+            message = "the body is not valid JSON (not UTF-8, or nested too deeply): send one flat JSON object"
+        return JSONResponse(error_body(exc.status_code, message), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -190,7 +200,9 @@ def create_app(model: Model, config: ServeConfig, scheduler: Scheduler | None = 
             )
         return await reply.whole(job, request)
 
-    return Guard(app, config, metrics)
+    guard = Guard(app, config, metrics)
+    guard.scheduler = engine
+    return guard
 
 
 def _describe(errors: list[dict]) -> tuple[int, str, str | None]:

@@ -86,12 +86,15 @@ class Job:
         self.loop = loop
         self.wake = asyncio.Event()
         self.arrived = time.monotonic()
+        self.on_cancel = None  # the scheduler's: a cancelled row still waiting must leave the queue now
         for row in rows:
             row.job = self
 
     def cancel(self) -> None:
         for row in self.rows:
             row.cancelled = True
+        if self.on_cancel is not None:
+            self.on_cancel()
 
 
 class Scheduler:
@@ -106,6 +109,7 @@ class Scheduler:
         self._queue: collections.deque[Row] = collections.deque()
         self._load = 0  # rows queued or in the batch (under _cond)
         self._stopping = False
+        self._purge = False  # a queued row was cancelled: sweep the queue at the next step (set from any thread)
         self._rows: list[Row] = []  # the batch, in state order (this thread only)
         self._state: tuple[np.ndarray, ...] | None = None  # each (layers, rows, hidden); set at the first join
         self._logits: np.ndarray | None = None
@@ -123,6 +127,7 @@ class Scheduler:
     def submit(self, rows: list[Row]) -> Job:
         """Queue a request's rows; QueueFull when they do not fit."""
         job = Job(rows, asyncio.get_running_loop())
+        job.on_cancel = self._queued_cancelled
         with self._cond:
             if self._stopping or self._load + len(rows) > self.capacity:
                 raise QueueFull
@@ -132,15 +137,21 @@ class Scheduler:
             self._cond.notify()
         return job
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop taking rows; cancel what is left; wait for the thread."""
+    def cancel_all(self) -> None:
+        """Stop taking rows and end every row, running or waiting, with finish_reason "cancelled" (any thread):
+        their requests still get a proper ending (a last chunk and [DONE]) rather than a dropped connection."""
         with self._cond:
             self._stopping = True
             for row in self._queue:
                 row.cancelled = True
-            for row in self._rows:
+            for row in list(self._rows):
                 row.cancelled = True
+            self._purge = True
             self._cond.notify()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking rows; cancel what is left; wait for the thread."""
+        self.cancel_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -173,6 +184,8 @@ class Scheduler:
                 if self._stopping:
                     return None
                 self._cond.wait()
+            if self._purge:
+                self._sweep()
             joining = []
             while self._queue and len(self._rows) + len(joining) < self.max_batch:
                 row = self._queue.popleft()
@@ -183,6 +196,21 @@ class Scheduler:
                     joining.append(row)
             self.metrics.queued_rows = len(self._queue)
             return joining
+
+    def _queued_cancelled(self) -> None:
+        self._purge = True
+
+    def _sweep(self) -> None:
+        """Cancelled rows leave the queue at once, even while the batch is full (under _cond)."""
+        self._purge = False
+        kept: collections.deque[Row] = collections.deque()
+        for row in self._queue:
+            if row.cancelled:
+                self._load -= 1
+                self._emit(row, End("cancelled"))
+            else:
+                kept.append(row)
+        self._queue = kept
 
     def _leave(self, rows: list[Row]) -> None:
         with self._cond:

@@ -9,6 +9,7 @@ command is the same in both installs. Bad input is one `error:` line and exit co
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 USAGE_EXIT, ERROR_EXIT, INTERRUPT_EXIT = 2, 1, 130
+CANCEL_GRACE_SECONDS = 5.0  # after the drain, for cancelled requests to send their last chunk and [DONE]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,16 +83,19 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"{exc.strerror or exc}: {exc.filename or args.model}")
+    app = create_app(model, config)
     server = _Server(
         uvicorn.Config(
-            create_app(model, config),
+            app,
             host=args.host,
             port=args.port,
             log_level="info" if args.verbose else "warning",
             access_log=args.access_log,
-            timeout_graceful_shutdown=args.drain_seconds,
+            timeout_graceful_shutdown=args.drain_seconds + CANCEL_GRACE_SECONDS,
             lifespan="on",
-        )
+        ),
+        app.scheduler,
+        args.drain_seconds,
     )
     print(
         f"rnn-serve: {config.model_name} on http://{args.host}:{args.port} (max batch {config.max_batch})",
@@ -128,6 +133,20 @@ def _server_class():
     class Server(uvicorn.Server):
         """uvicorn's server, but a SIGTERM that shut it down gracefully ends the process with 0, not the signal."""
 
+        def __init__(self, config, scheduler, drain: float) -> None:
+            super().__init__(config)
+            self.scheduler, self.drain = scheduler, drain
+
+        async def shutdown(self, sockets=None) -> None:
+            # when the drain ends, the rows still running or waiting are cancelled by the scheduler, so each
+            # request ends properly (finish_reason "cancelled", then [DONE]) before uvicorn's own deadline,
+            # which would cut the connections and log a traceback per request
+            timer = asyncio.get_running_loop().call_later(self.drain, self.scheduler.cancel_all)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
+
         @contextlib.contextmanager
         def capture_signals(self):
             with super().capture_signals():
@@ -137,8 +156,8 @@ def _server_class():
     return Server
 
 
-def _Server(config):  # noqa: N802 (a class made on first use: uvicorn is imported only after the check above)
-    return _server_class()(config)
+def _Server(config, scheduler, drain: float):  # noqa: N802 (a class made on first use: uvicorn is imported late)
+    return _server_class()(config, scheduler, drain)
 
 
 if __name__ == "__main__":
