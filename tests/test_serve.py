@@ -438,3 +438,91 @@ def test_sigterm_past_the_drain_cancels_running_and_waiting_rows_cleanly(model_p
     log = server.proc.stderr.read().decode()
     assert "Traceback" not in log and "ERROR" not in log, log
     stop_server(server)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text, checked line by line: every sample belongs to a family declared by HELP and TYPE, and
+    every histogram's buckets are cumulative, end at +Inf and agree with its _count."""
+    kinds: dict[str, str] = {}
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            continue
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:]
+            assert kind in ("counter", "gauge", "histogram") and name not in kinds, line
+            kinds[name] = kind
+            continue
+        match = re.fullmatch(r'([a-z_]+)(\{[a-z]+="[^"]*"\})? (\S+)', line)
+        assert match, f"not a sample line: {line!r}"
+        family = re.sub(r"_(bucket|sum|count)$", "", match.group(1))
+        assert match.group(1) in kinds or kinds.get(family) == "histogram", line
+        samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    for name in (n for n, k in kinds.items() if k == "histogram"):
+        buckets = [(k, v) for k, v in samples.items() if k.startswith(f'{name}_bucket{{le="')]
+        bounds = [float(k.split('"')[1]) for k, _ in buckets]
+        counts = [v for _, v in buckets]
+        assert bounds == sorted(bounds) and bounds[-1] == float("inf"), name
+        assert counts == sorted(counts) and counts[-1] == samples[f"{name}_count"], name
+    return samples
+
+
+def test_metrics_count_what_happened_and_are_well_formed(server: Server) -> None:
+    def read() -> dict[str, float]:
+        status, _, text = server.request("GET", "/metrics")
+        assert status == 200
+        return parse_metrics(text)
+
+    server.wait_for("rnnx_active_rows", 0)
+    before = read()
+    server.complete({"prompt": "box", "max_tokens": 5, "n": 2, "temperature": 0})
+    assert server.request("POST", "/v1/completions", {"prompt": 5})[0] == 422
+    after = read()
+
+    def grew(name: str) -> float:
+        return after.get(name, 0) - before.get(name, 0)
+
+    assert grew("rnnx_tokens_generated_total") == 10 and grew("rnnx_prompt_tokens_total") == 6
+    assert grew("rnnx_batch_size_count") == 5 and grew('rnnx_batch_size_bucket{le="1"}') == 0  # 5 steps of 2 rows
+    assert grew("rnnx_time_to_first_token_seconds_count") == 2  # one first token per row
+    assert grew("rnnx_inter_token_latency_seconds_count") == 8  # the other four tokens of each row
+    assert grew('rnnx_requests_total{code="422"}') == 1 and grew('rnnx_requests_total{code="200"}') >= 2
+    assert after["rnnx_active_rows"] == 0 and after["rnnx_queue_length"] == 0
+
+
+def test_every_option_at_once_gives_the_same_choices_alone_and_among_others(server: Server) -> None:
+    body = {
+        "prompt": ["fox", "dog"],
+        "n": 3,
+        "max_tokens": 60,
+        "seed": 77,
+        "top_k": 12,
+        "top_p": 0.9,
+        "repetition_penalty": 1.3,
+        "logit_bias": {"3": 5, "4": -100},
+        "stop": ["zz", "k"],
+    }
+    alone = server.complete(body)
+    others = [
+        threading.Thread(target=server.complete, args=({"prompt": "x" * (i + 1), "max_tokens": 200},)) for i in range(4)
+    ]
+    for t in others:
+        t.start()
+    among = server.stream(body)
+    for t in others:
+        t.join(60)
+    texts = streamed_texts(among)
+    assert [texts[i] for i in range(6)] == [c["text"] for c in alone["choices"]]
+    reasons = {c["index"]: c["finish_reason"] for e in among[:-1] for c in e["choices"] if c["finish_reason"]}
+    assert reasons == {c["index"]: c["finish_reason"] for c in alone["choices"]}
+    assert "stop" in reasons.values()  # the stop strings took part
+
+
+def test_a_session_that_a_stop_string_ended_goes_on_after_the_stop(server: Server) -> None:
+    body = {"prompt": "the lazy", "top_k": 12, "seed": 4}
+    whole = server.complete({**body, "max_tokens": 80})["choices"][0]["text"]
+    stop = whole[30:32]
+    first = server.complete({**body, "max_tokens": 80, "stop": stop, "return_state": True})["choices"][0]
+    assert first["finish_reason"] == "stop" and first["text"] == whole[: whole.index(stop)]
+    then = server.complete({"prompt": "", "max_tokens": 20, "top_k": 12, "state": first["state"]})["choices"][0]
+    assert first["text"] + stop + then["text"] == whole[: len(first["text"]) + len(stop) + 20]
