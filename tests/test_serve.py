@@ -301,6 +301,16 @@ def test_state_tokens_that_are_not_this_models_are_400s(server: Server, tmp_path
     assert server.complete({"prompt": "x", "max_tokens": 2, "state": good})["choices"][0]["text"]
 
 
+def test_n_choices_from_one_state_token_differ_and_the_first_goes_on(server: Server) -> None:
+    body = {"prompt": "the", "top_k": 12, "seed": 6}
+    whole = server.complete({**body, "max_tokens": 45})["choices"][0]["text"]
+    first = server.complete({**body, "max_tokens": 5, "return_state": True})["choices"][0]
+    then = {"prompt": "", "max_tokens": 40, "n": 3, "top_k": 12, "state": first["state"]}
+    choices = server.complete(then)["choices"]
+    texts = [c["text"] for c in choices]
+    assert first["text"] + texts[0] == whole and len(set(texts)) == 3, texts
+
+
 # -- refusals -----------------------------------------------------------------------------------------------------
 
 
@@ -526,3 +536,10 @@ def test_a_session_that_a_stop_string_ended_goes_on_after_the_stop(server: Serve
     assert first["finish_reason"] == "stop" and first["text"] == whole[: whole.index(stop)]
     then = server.complete({"prompt": "", "max_tokens": 20, "top_k": 12, "state": first["state"]})["choices"][0]
     assert first["text"] + stop + then["text"] == whole[: len(first["text"]) + len(stop) + 20]
+
+
+def test_a_prompt_at_the_length_limit_is_read_and_one_token_more_is_refused(server: Server) -> None:
+    reply = server.complete({"prompt": "x" * 4096, "max_tokens": 1})
+    assert reply["usage"]["prompt_tokens"] == 4096 and reply["choices"][0]["finish_reason"] == "length"
+    status, _, refused = server.request("POST", "/v1/completions", {"prompt": "x" * 4097})
+    assert status == 400 and refused["error"]["param"] == "prompt" and "4097 tokens" in refused["error"]["message"]

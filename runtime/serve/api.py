@@ -119,8 +119,10 @@ def plan_rows(body: CompletionRequest, model: Model, config: ServeConfig) -> lis
             )
         for j in range(n):
             sampler = RowSampler(sampling, model.info.vocab_size, row=i * n + j, bias=bias)
-            if start is not None:  # the state's random stream goes on, unless a seed starts a new one
-                sampler.restore(start.rng_state if body.seed is None else None, start.seen)
+            if start is not None:  # the state's random stream goes on in choice 0, unless a seed starts a new one;
+                # the other choices draw their own (one stream for all n would make n equal texts)
+                go_on = body.seed is None and j == 0
+                sampler.restore(start.rng_state if go_on else None, start.seen)
             rows.append(Row(ids, sampler, sampling.max_new_tokens, stop, start, body.return_state))
     return rows
 
