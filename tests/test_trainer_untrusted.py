@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from rnnx.cli import export as export_cli
@@ -165,6 +167,8 @@ def _swap_two_tokens(meta: dict) -> None:
         (lambda m: m["tokenizer"]["vocab"].append("Z"), "its vocabulary has"),
         (_swap_two_tokens, "is not the one the data gives"),
         (lambda m: m.update(progress=[]), "is corrupt"),
+        (lambda m: m.update(world_size=2), "carry.0 of shape (1, 4, 16) for a global batch of 8 streams"),
+        (lambda m: m.update(world_size=10**12), "for a global batch of 4000000000000 streams"),
     ],
 )
 @pytest.mark.usefixtures("eight_gib")
@@ -191,6 +195,46 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(run_dir: Path, tmp_path
     (out / TRAIN_STATE).write_bytes(bytes(raw))
     with pytest.raises(ModelFileError, match=r"not finite \(model.head.bias\)"):
         resume(out, {"steps": 40}, progress=False)
+
+
+def _tensor_edit(name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()
+        tensors = load_file(str(path))
+        key = next(k for k in sorted(tensors) if k.startswith(name))
+        tensors[key] = make(tensors[key])
+        save_file(tensors, str(path), metadata=metadata)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_tensor_edit("carry.0", lambda t: t.to(torch.int64)), "a carried state of torch.int64"),
+        (_tensor_edit("optim.0.step", lambda t: torch.tensor(-5.0)), "one whole number 0 or more"),
+        (_tensor_edit("optim.0.step", lambda t: torch.zeros(3)), "optimizer step of shape (3,)"),
+        (_tensor_edit("optim.0.exp_avg", lambda t: torch.zeros(2)), "optimizer exp_avg of shape (2,)"),
+    ],
+)
+def test_bad_checkpoint_tensors_are_one_error_line(
+    run_dir: Path, tmp_path: Path, edit: Callable[[Path], None], message: str
+) -> None:
+    """Tensors of the wrong type or shape are refused before the run starts; they used to fail mid-step (a crafted
+    carried state or AdamW step count ended in a 60-line traceback from the LSTM or the fused optimizer)."""
+    out = damaged(run_dir, tmp_path, lambda m: None)
+    edit(out / TRAIN_STATE)
+    before = {name: (out / name).read_bytes() for name in (TRAIN_STATE, WEIGHTS, CONFIG)}
+    result = runner.invoke(train_cli.app, ["--out", str(out), "--resume", "--steps", "40"])
+    assert result.exit_code == 1 and message in one_error_line(result)
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_half_precision_carried_state_is_read_as_float32(run_dir: Path, tmp_path: Path) -> None:
+    out = damaged(run_dir, tmp_path, lambda m: None)
+    _tensor_edit("carry.0", lambda t: t.half())(out / TRAIN_STATE)
+    assert resume(out, {"steps": 22}, progress=False).steps == 22
 
 
 def test_resume_keeps_the_metrics_before_a_damaged_line(run_dir: Path, tmp_path: Path) -> None:

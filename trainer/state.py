@@ -107,6 +107,7 @@ class TrainState:
         world = meta.get("world_size", 1)
         try:
             whole("world_size", world, 1)
+            _check_streams(tensors, saved.batch_size * world)
         except UsageError as exc:
             raise ModelFileError(f"checkpoint in {directory} is corrupt ({exc}): start a fresh run") from None
         config = replace(saved, **{k: v for k, v in limits.items() if k in LIMIT_FIELDS and v is not None})
@@ -223,7 +224,7 @@ class SavedState:
         streams = self.config.batch_size
         carry = tuple(tensors[f"carry.{i}"][:, ranks.rank * streams : (ranks.rank + 1) * streams] for i in range(count))
         _check_carry(model, carry, streams)
-        return tuple(s.to(model.head.weight.device) for s in carry)
+        return tuple(s.to(model.head.weight.device, torch.float32) for s in carry)
 
     def _restore_random(self, tensors: dict[str, torch.Tensor], ranks: Ranks, device: torch.device) -> None:
         """Each process's own random state where the checkpoint has it; a fresh seed of its own where not."""
@@ -236,13 +237,24 @@ class SavedState:
             torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"])
 
 
+def _check_streams(tensors: dict[str, torch.Tensor], streams: int) -> None:
+    """The carried states hold one row per stream of the global batch the header claims (batch x world size):
+    checked before a resume on another number of processes shares them out."""
+    for name, value in sorted(tensors.items()):
+        if name.startswith("carry.") and (value.dim() != 3 or value.size(1) != streams):
+            raise UsageError(f"{name} of shape {tuple(value.shape)} for a global batch of {streams} streams")
+
+
 def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Every moment the checkpoint brought back has its weight's shape (AdamW would fail mid-step otherwise)."""
+    """Every moment the checkpoint brought back is a float tensor of its weight's shape, every step count one
+    number, 0 or more (AdamW would fail mid-step, or divide by zero, otherwise)."""
     for group in optimizer.param_groups:
         for param in group["params"]:
             for key, value in optimizer.state.get(param, {}).items():
-                if key != "step" and value.shape != param.shape:
-                    shapes = f"{tuple(value.shape)} for a weight of {tuple(param.shape)}"
+                if key == "step" and (value.numel() != 1 or float(value) < 0 or float(value) != int(value)):
+                    raise ValueError(f"optimizer step of shape {tuple(value.shape)} (one whole number 0 or more)")
+                if key != "step" and (value.shape != param.shape or not value.is_floating_point()):
+                    shapes = f"{tuple(value.shape)} {value.dtype} for a weight of {tuple(param.shape)}"
                     raise ValueError(f"optimizer {key} of shape {shapes}")
 
 
@@ -251,6 +263,8 @@ def _check_carry(model: RNNLM, carry: tuple[torch.Tensor, ...], streams: int) ->
     if len(carry) != (2 if config.cell == "lstm" else 1):
         raise ValueError(f"{len(carry)} carried states for an {config.cell.upper()}")
     for s in carry:
+        if not s.is_floating_point():
+            raise ValueError(f"a carried state of {s.dtype} (floating point expected)")
         if s.dim() != 3 or s.size(0) != config.layers or s.size(2) != config.hidden or s.size(1) != streams:
             raise ValueError(
                 f"a carried state of shape {tuple(s.shape)} for {config.layers} x {streams} streams x {config.hidden}"
