@@ -543,3 +543,18 @@ def test_a_prompt_at_the_length_limit_is_read_and_one_token_more_is_refused(serv
     assert reply["usage"]["prompt_tokens"] == 4096 and reply["choices"][0]["finish_reason"] == "length"
     status, _, refused = server.request("POST", "/v1/completions", {"prompt": "x" * 4097})
     assert status == 400 and refused["error"]["param"] == "prompt" and "4097 tokens" in refused["error"]["message"]
+
+
+def test_many_clients_leaving_mid_stream_free_every_row_and_a_stuck_body_blocks_nobody(server: Server) -> None:
+    stuck = socket.create_connection(("127.0.0.1", server.port), timeout=10)  # says 100 bytes, sends 5, waits
+    stuck.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b'{"pro')
+    long = {"prompt": "the", "max_tokens": 4000, "top_k": 12, "seed": 1}
+    streams = [server.open_stream(long) for _ in range(16)]
+    for _, resp in streams:
+        next(sse_events(resp))
+    for conn, _ in streams:
+        conn.close()
+    server.wait_for("rnnx_active_rows", 0)
+    server.wait_for("rnnx_queue_length", 0)
+    assert server.complete({"prompt": "x", "max_tokens": 2})["choices"][0]["finish_reason"] == "length"
+    stuck.close()
