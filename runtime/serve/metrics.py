@@ -54,7 +54,7 @@ class Metrics:
 
     def render(self) -> str:
         lines = [
-            "# HELP rnnx_requests_total Completed HTTP requests by status code.",
+            "# HELP rnnx_requests_total HTTP responses by status code (counted as each response starts).",
             "# TYPE rnnx_requests_total counter",
         ]
         lines += [f'rnnx_requests_total{{code="{code}"}} {n}' for code, n in sorted(self.requests.items())]
