@@ -60,6 +60,7 @@ META_WEIGHTS = "rnnx.weights"  # how the weights are stored: one of WEIGHT_FORMA
 META_GENERATION = "rnnx.generation"  # JSON: sampling settings rnn-run uses unless told otherwise
 META_OPTIONAL_KEYS = frozenset({META_WEIGHTS, META_GENERATION})
 GENERATION_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty")  # what a file may set of SamplingConfig
+MAX_GENERATION_CHARS = 1000  # the JSON of four numbers; a 10 MB key or a 4000-digit top-k is not a setting
 
 # "int8": onnxruntime dynamic quantization (int8 weights, activations quantized per call); CPU only.
 WEIGHT_FORMATS = ("fp32", "int8")
@@ -166,7 +167,7 @@ class ModelInfo:
                 producer=meta[META_PRODUCER],
                 weights=meta.get(META_WEIGHTS, "fp32"),
                 format_version=version,
-                generation=check_generation(json.loads(meta.get(META_GENERATION, "{}")), source),
+                generation=_generation(meta.get(META_GENERATION, "{}"), source),
             )
         except (ValueError, TypeError) as exc:
             raise ModelFileError(f"{source} has malformed rnnx metadata ({exc}): re-export it") from None
@@ -192,6 +193,16 @@ class ModelInfo:
         return info
 
 
+def _generation(text: str, source: str) -> dict[str, Any]:
+    """The `rnnx.generation` metadata, bounded before it is parsed: four numbers never need more."""
+    if len(text) > MAX_GENERATION_CHARS:
+        raise ModelFileError(
+            f"{source}: its generation settings take {len(text):,} characters, more than rnnx ever writes "
+            f"({MAX_GENERATION_CHARS}): re-export it"
+        )
+    return check_generation(json.loads(text), source)
+
+
 def check_generation(settings: Any, source: str) -> dict[str, Any]:
     """Default sampling settings from a model file: a JSON object of GENERATION_KEYS with values that
     SamplingConfig accepts; ModelFileError otherwise."""
@@ -199,6 +210,8 @@ def check_generation(settings: Any, source: str) -> dict[str, Any]:
 
     if not isinstance(settings, dict) or not set(settings) <= set(GENERATION_KEYS):
         raise ModelFileError(f"{source}: its generation settings are not {', '.join(GENERATION_KEYS)}: re-export it")
+    if len(json.dumps(settings)) > MAX_GENERATION_CHARS:  # what rnn-export would write must load again
+        raise ModelFileError(f"{source}: its generation settings are too long to be numbers rnnx wrote: re-export it")
     try:
         SamplingConfig(**settings)
     except UsageError as exc:

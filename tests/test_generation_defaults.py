@@ -69,6 +69,12 @@ def test_a_char_model_carries_no_settings(default_model_dir: Path, default_onnx:
         ('{"repetition_penalty": 0.5}', "bad generation setting (repetition penalty must be 1 (off) or more"),
         ('{"stop": ["x"]}', "its generation settings are not temperature, top_k, top_p, repetition_penalty"),
         ("[1]", "its generation settings are not"),
+        ('{"temperature": NaN}', "temperature must be 0 (greedy) or positive"),
+        ('{"top_p": Infinity}', "top-p must be in (0, 1]"),
+        ('{"top_k": "5"}', "top-k must be 0 (off) or positive"),
+        ('{"top_k": ' + "9" * 4000 + "}", "its generation settings take 4,011 characters, more than rnnx ever writes"),
+        (json.dumps({"x" * 1_000_000: 1}), "more than rnnx ever writes"),
+        ("{", "has malformed rnnx metadata"),
     ],
 )
 def test_bad_settings_in_a_file_are_refused(default_onnx: Path, value: str, message: str) -> None:
@@ -89,3 +95,20 @@ def test_settings_round_trip_through_the_metadata(default_onnx: Path) -> None:
     info = contract.ModelInfo.from_metadata(meta, "model.onnx")
     assert info.generation == {"top_k": 5, "temperature": 0.7}
     assert json.loads(info.to_metadata()[contract.META_GENERATION]) == info.generation
+
+
+def test_a_crafted_file_is_one_error_line_from_rnn_run(default_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+
+    proto = onnx.load(str(default_onnx))
+    proto.metadata_props.add(key=contract.META_GENERATION, value='{"top_k": ' + "9" * 4000 + "}")
+    onnx.save(proto, str(tmp_path / "crafted.onnx"))
+    result = runner.invoke(run_cli.app, ["--model", str(tmp_path / "crafted.onnx"), "--seed", "a", "--len", "5"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and "more than rnnx ever writes" in lines[0]
+
+
+def test_export_refuses_settings_it_could_not_load_again() -> None:
+    with pytest.raises(ModelFileError, match="too long to be numbers rnnx wrote"):
+        contract.check_generation({"top_k": 10**3000}, "model.safetensors")

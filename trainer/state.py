@@ -8,8 +8,9 @@ state, tokenizer and settings, and is the only code that writes it to `checkpoin
 The file holds tensors named `model.*` (weights), `ema.*` (weight average), `optim.<i>.*` (AdamW's moments),
 `rng.cpu` and `rng.cuda` (and `rng.cpu.<rank>`, `rng.cuda.<rank>` for the other processes of a torchrun run) and
 `carry.<i>` (the carried state of every stream of the global batch), and as JSON in its header: progress, both
-configs, tokenizer, the data's digest, AdamW's settings and the number of processes. A checkpoint is a file from outside: every setting,
-counter, shape and number is checked before a run continues from it.
+configs, tokenizer, the data's digest, AdamW's settings (a record for people; a resume takes them from the run's
+settings) and the number of processes. A checkpoint is a file from outside: every setting, counter, shape, type
+and number is checked before a run continues from it.
 """
 
 from __future__ import annotations
