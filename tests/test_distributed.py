@@ -114,3 +114,35 @@ def test_a_same_size_resume_is_exact(tmp_path: Path, single: Path) -> None:
     assert not torch.equal(a["rng.cpu"], a["rng.cpu.1"])  # each process draws its own masks
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": "abc"}, "error: WORLD_SIZE='abc' is not a number of processes: launch rnn-train with torchrun"),
+        ({"WORLD_SIZE": "-3"}, "error: WORLD_SIZE='-3' is not a number of processes"),
+        ({"WORLD_SIZE": "2"}, "could not meet (Error initializing torch.distributed using env:// rendezvous"),
+        (
+            {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "notaport"},
+            "could not meet (invalid literal for int() with base 10: 'notaport'): start rnn-train with torchrun",
+        ),
+    ],
+)
+def test_a_bad_torchrun_environment_is_one_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    """rnn-train started by hand with torchrun's variables half set: one line, not torch's traceback."""
+    from typer.testing import CliRunner
+
+    from rnnx.cli import train as train_cli
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "text.txt").write_text("the cat sat on the mat. " * 100, encoding="utf-8")
+    args = ["--data", str(tmp_path / "text.txt"), "--out", str(tmp_path / "run"), "--steps", "2", *FLAGS]
+    result = CliRunner().invoke(train_cli.app, args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "run").exists()

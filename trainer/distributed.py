@@ -20,7 +20,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from rnnx.runtime.errors import RnnxError
+from rnnx.runtime.errors import RnnxError, UsageError
 
 TIMEOUT = timedelta(minutes=10)  # a process that stops answering ends the run instead of hanging it
 
@@ -94,14 +94,34 @@ class Ranks:
 @contextlib.contextmanager
 def processes(device: torch.device) -> Iterator[Ranks]:
     """This process's place among torchrun's processes (a single one without torchrun), for the block."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = _world_size(os.environ.get("WORLD_SIZE", ""))
     if world <= 1:
         yield Ranks.single()
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    try:
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    except (ValueError, RuntimeError) as exc:  # RANK or MASTER_PORT missing or not a number, a port taken, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(
+            f"the processes of a {world}-process run could not meet ({first}): start rnn-train with torchrun "
+            "--nproc-per-node N, or without WORLD_SIZE in the environment for one process"
+        ) from None
     try:
         group = dist.new_group(backend="gloo", timeout=TIMEOUT) if backend != "gloo" else None
         yield Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), group)
     finally:
         dist.destroy_process_group()
+
+
+def _world_size(text: str) -> int:
+    """torchrun's WORLD_SIZE: empty or absent is one process."""
+    if not text.strip():
+        return 1
+    try:
+        world = int(text)
+    except ValueError:
+        world = 0
+    if world < 1:
+        raise UsageError(f"WORLD_SIZE={text[:40]!r} is not a number of processes: launch rnn-train with torchrun")
+    return world
