@@ -77,3 +77,46 @@ def test_no_state_reset_carries_and_draws_nothing(monkeypatch: pytest.MonkeyPatc
 def test_bad_state_reset_refused(chance: float) -> None:
     with pytest.raises(UsageError, match="state-reset"):
         TrainConfig(state_reset=chance)
+
+
+def _cpu_checks(monkeypatch: pytest.MonkeyPatch, amx: object, avx512_bf16: object) -> None:
+    """Stand-ins for torch's private CPU feature checks: a bool, an exception to raise, or None for a torch
+    that lacks the check."""
+    for name, value in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
+        if value is None:
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        elif isinstance(value, BaseException):
+            monkeypatch.setattr(torch.cpu, name, lambda error=value: (_ for _ in ()).throw(error))
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda answer=value: answer)
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "bf16"),
+    [
+        (True, False, True),
+        (False, True, True),  # AMD EPYC Zen 4: AVX512-BF16 without AMX
+        (False, False, False),
+        (None, None, False),  # a torch without the checks
+        (RuntimeError("cpuinfo failed"), True, True),  # one check failing does not hide the other
+        (OSError("no /proc"), RuntimeError("cpuinfo failed"), False),
+    ],
+)
+def test_precision_auto_picks_bf16_only_on_native_bf16_cpus(
+    monkeypatch: pytest.MonkeyPatch, amx: object, avx512_bf16: object, bf16: bool
+) -> None:
+    from rnnx.trainer.loop import use_bf16
+
+    _cpu_checks(monkeypatch, amx, avx512_bf16)
+    cpu = torch.device("cpu")
+    assert use_bf16("auto", cpu) is bf16
+    assert use_bf16("fp32", cpu) is False and use_bf16("bf16", cpu) is True  # an explicit choice stands
+
+
+def test_adamw_is_fused_on_cpu_and_not_where_torch_has_no_fused_kernel() -> None:
+    from rnnx.trainer.state import make_optimizer
+
+    config = TrainConfig(steps=1)
+    assert make_optimizer(RNNLM(ModelConfig(vocab_size=5, embed=4, hidden=4)), config).defaults["fused"] is True
+    meta = RNNLM(ModelConfig(vocab_size=5, embed=4, hidden=4)).to("meta")
+    assert not make_optimizer(meta, config).defaults["fused"]

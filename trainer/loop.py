@@ -47,8 +47,14 @@ class Setup:
 
 def _amx_or_avx512_bf16() -> bool:
     """Whether this CPU computes in bf16 natively: AMX tiles, or AVX512-BF16 (e.g. AMD EPYC Zen 4)."""
-    checks = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-    return any(check is not None and check() for check in checks)
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):  # torch's cpuinfo, not /proc/cpuinfo
+        check = getattr(torch.cpu, name, None)  # private: a torch without it, or one whose check fails, means fp32
+        try:
+            if check is not None and check():
+                return True
+        except (RuntimeError, OSError):
+            continue
+    return False
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
