@@ -109,3 +109,11 @@ def test_a_word_run_started_with_a_whole_text_vocabulary_resumes(tmp_path: Path,
         train(ModelConfig(cell="gru", embed=8, hidden=8), config, progress=False)
     assert "zebra" in load_model(tmp_path / "run")[1].vocab
     assert resume(tmp_path / "run", {"steps": 4}, progress=False).steps == 4
+
+
+def test_a_run_on_the_built_in_sentences_resumes(tmp_path: Path) -> None:
+    """No --data: each step starts cold on the three sentences, so the carried state saved (three streams, not
+    --batch-size) is not read back; resuming such a run used to fail as a checkpoint that does not fit."""
+    config = TrainConfig(out=tmp_path / "run", epochs=2)
+    train(ModelConfig(cell="lstm", embed=8, hidden=8), config, progress=False)
+    assert resume(tmp_path / "run", {"epochs": 4}, progress=False).epochs == 4

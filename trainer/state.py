@@ -108,7 +108,8 @@ class TrainState:
         world = meta.get("world_size", 1)
         try:
             whole("world_size", world, 1)
-            _check_streams(tensors, saved.batch_size * world)
+            if saved.data is not None:  # the built-in sentences start every step cold: nothing carried
+                _check_streams(tensors, saved.batch_size * world)
         except UsageError as exc:
             raise ModelFileError(f"checkpoint in {directory} is corrupt ({exc}): start a fresh run") from None
         config = replace(saved, **{k: v for k, v in limits.items() if k in LIMIT_FIELDS and v is not None})
@@ -221,6 +222,8 @@ class SavedState:
         optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
         _check_optimizer_state(optimizer)
         self._restore_random(tensors, ranks, model.head.weight.device)
+        if self.config.data is None:  # the built-in sentences: each step starts cold, the file's carry is unused
+            return model.init_state(self.config.batch_size)
         count = sum(1 for k in tensors if k.startswith("carry."))
         streams = self.config.batch_size
         carry = tuple(tensors[f"carry.{i}"][:, ranks.rank * streams : (ranks.rank + 1) * streams] for i in range(count))
