@@ -110,6 +110,9 @@ def processes(device: torch.device) -> Iterator[Ranks]:
     try:
         group = dist.new_group(backend="gloo", timeout=TIMEOUT) if backend != "gloo" else None
         yield Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), group)
+        # A run that ended well: no process tears its group down while another still talks to it (rank 1 once
+        # aborted with "terminate called without an active exception" as rank 0 wrote its last files).
+        dist.barrier(group=group)
     finally:
         dist.destroy_process_group()
 
