@@ -169,7 +169,8 @@ class Model {
     } catch (err) {
       throw new ModelFileError(`${this.name} failed while running (${firstLine(err)}): the file is broken; re-export it`);
     }
-    const [logitsName, ...stateOut] = session.outputNames.length ? orderedOutputs(session, this.info.cell) : [];
+    const names = tokensName === contract.PROMPT ? contract.promptOutputs(info.cell) : contract.stepOutputs(info.cell);
+    const [logitsName, ...stateOut] = names;
     const logits = out[logitsName];
     if (logits.dims.length !== 2 || logits.dims[0] !== 1 || logits.dims[1] !== info.vocabSize) {
       throw new ModelFileError(`${this.name} computed logits of shape [${logits.dims}], not [batch, vocabulary]`);
@@ -306,8 +307,4 @@ class Model {
     await this.stepSession.release();
     if (this.promptSession) await this.promptSession.release();
   }
-}
-
-function orderedOutputs(session, cell) {
-  return session.inputNames.includes(contract.PROMPT) ? contract.promptOutputs(cell) : contract.stepOutputs(cell);
 }
