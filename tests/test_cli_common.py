@@ -4,6 +4,7 @@ moment from the first import of rnnx.cli.common, and a clean line when stdout is
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +31,16 @@ COMMANDS = {
 }
 
 
+def sigint_as_usual() -> None:
+    """In the child before exec: a shell that starts pytest in the background leaves SIGINT ignored, which the
+    child would inherit, and Python then never raises KeyboardInterrupt, which is what these tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def python(code: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, preexec_fn=sigint_as_usual, **kwargs
+    )
 
 
 def assert_interrupted(result: subprocess.CompletedProcess) -> None:
@@ -142,7 +151,9 @@ app()
 
 @pytest.mark.parametrize("where", ["before", "inside", "swallowed"])
 def test_sigint_anywhere_in_a_command_is_one_interrupted_line(where: str) -> None:
-    result = subprocess.run([sys.executable, "-c", APP, where], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", APP, where], capture_output=True, text=True, timeout=120, preexec_fn=sigint_as_usual
+    )
     assert_interrupted(result)
 
 
