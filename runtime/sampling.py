@@ -195,10 +195,7 @@ class Sampler:
             hit_rows = where[hit_rows]
             ids = ids[hit_rows >= 0]
             hit_rows = hit_rows[hit_rows >= 0]
-        values = logits[hit_rows, ids]
-        penalty = logits.dtype.type(self.config.repetition_penalty)
-        with np.errstate(over="ignore", invalid="ignore"):  # a huge logit times the penalty is -inf: impossible
-            logits[hit_rows, ids] = np.where(values > 0, values / penalty, values * penalty)
+        logits[hit_rows, ids] = _penalized(logits[hit_rows, ids], self.config.repetition_penalty)
 
     def _greedy(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return _greedy(logits, rows, self._rows if len(logits) == len(self._rows) else None)
@@ -206,6 +203,13 @@ class Sampler:
     def _sample(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
         u = np.array([self._rng(row).random() for row in rows.tolist()])  # each row's own generator
         return _sample(self.config, logits, u, rows)
+
+
+def _penalized(values: np.ndarray, penalty: float) -> np.ndarray:
+    """Seen tokens' logits under the repetition penalty: positive ones divided, the others multiplied."""
+    penalty = values.dtype.type(penalty)
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge logit times the penalty is -inf: impossible
+        return np.where(values > 0, values / penalty, values * penalty)
 
 
 def _row_generator(seeds: np.random.SeedSequence, row: int) -> np.random.Generator:
@@ -258,14 +262,11 @@ class RowSampler:
         self.seen[:] = seen
 
     def _adjust(self, logits: np.ndarray) -> None:
-        """Bias and penalty on this row's logits (V,), in place: exactly `Sampler._penalize`'s arithmetic."""
+        """Bias and penalty on this row's logits (V,), in place: the penalty as `Sampler._penalize` applies it."""
         if self.bias is not None:
             logits[self.bias[0]] += self.bias[1]
         if self.penalized:
-            values = logits[self.seen]
-            penalty = logits.dtype.type(self.config.repetition_penalty)
-            with np.errstate(over="ignore", invalid="ignore"):
-                logits[self.seen] = np.where(values > 0, values / penalty, values * penalty)
+            logits[self.seen] = _penalized(logits[self.seen], self.config.repetition_penalty)
 
 
 def choose_rows(logits: np.ndarray, samplers: Sequence[RowSampler]) -> np.ndarray:
