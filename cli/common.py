@@ -123,8 +123,14 @@ class _App(typer.Typer):
             _echo(f"error: {message} (see --help)")
             sys.exit(getattr(exc, "exit_code", USAGE_EXIT))
         except BrokenPipeError:  # --help or --version into a reader that went away (`| head -1`): fine
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _stop_writing_stdout()
             sys.exit(0)
+        except SystemExit as exc:
+            # typer (for --version) and rich (for --help) meet a reader that went away with a silent exit 1
+            if isinstance(exc.__context__, BrokenPipeError):
+                _stop_writing_stdout()
+                sys.exit(0)
+            raise
         except OSError as exc:  # --help or --version into a full disk or /dev/full
             _echo(f"error: cannot write the output: {exc.strerror or exc}")
             sys.exit(ERROR_EXIT)
@@ -135,6 +141,11 @@ class _App(typer.Typer):
         if _Interrupts.received:  # typer turns a KeyboardInterrupt it meets into exit code 130, silently
             _exit_interrupted()
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stop_writing_stdout() -> None:
+    """Point stdout at /dev/null: the reader is gone, and Python's flush at exit would fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _exit_interrupted() -> None:
@@ -214,7 +225,7 @@ def user_errors() -> Iterator[None]:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(ERROR_EXIT) from None
     except BrokenPipeError:  # the reader went away (e.g. `rnn-run ... | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _stop_writing_stdout()
         raise typer.Exit(0) from None
     except OSError as exc:  # a path that cannot be written or read, a full disk, ...
         where = f": {exc.filename}" if exc.filename else ""

@@ -98,6 +98,31 @@ def test_closed_stdout_is_one_error_line(name: str) -> None:
     assert result.stderr.startswith("error: standard output is closed") and result.stderr.count("\n") == 1
 
 
+def into_a_closed_pipe(*args: object) -> subprocess.CompletedProcess:
+    """`args` run with stdout a pipe whose reader has already gone: every write fails, as after `| head -1`."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run([str(a) for a in args], stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(writer)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+@pytest.mark.parametrize("option", ["--help", "--version"])
+def test_help_and_version_into_a_pipe_whose_reader_left_end_quietly(name: str, option: str) -> None:
+    result = into_a_closed_pipe(BIN / name, option)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_generated_text_into_a_pipe_whose_reader_left_ends_quietly(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert command("rnn-train", "--out", out, "--epochs", "2").returncode == 0
+    assert command("rnn-export", out).returncode == 0
+    result = into_a_closed_pipe(BIN / "rnn-run", "--model", out / "model.onnx", "--seed", "good", "--len", "40")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 # -- Ctrl-C -----------------------------------------------------------------------------------------------------
 
 
