@@ -4,7 +4,10 @@
 work per call is linear in batch × vocab with a small constant, and its temporary memory is bounded: rows go
 through in blocks of about a million logits, top-k and top-p select candidates with `np.partition` (top-p sorts
 only the few most likely tokens, more only for rows whose cut lies further down), and the draw finds its chunk
-of about √V tokens first, then the token inside it. The unknown token is never chosen.
+of about √V tokens first, then the token inside it. A single row of a small vocabulary without top-p (one
+stream's step) takes a shorter path with the same arithmetic, and each row's uniform numbers are drawn 64 at a
+time (`_Uniforms`): 64 rows of 65 tokens, T 0.8, top-k 40 took 174 µs a step before these two, 78 after (dev
+machine). The unknown token is never chosen.
 
 Extreme values, defined (`tests/test_runtime_sampling.py` checks each boundary):
 - a temperature below `GREEDY_BELOW` (1e-30) is greedy, as 0 is; above `MAX_TEMPERATURE` (1e30) it is refused;
@@ -32,6 +35,7 @@ _BLOCK = 1 << 20  # logits per block of rows: temporaries stay a few MB whatever
 _TOP_P_FIRST = 256  # top-p sorts this many candidates first, 8 times more for rows whose cut lies further down
 _BELOW_ONE = 1.0 - 2.0**-52  # see _draw_in
 _DIRECT_DRAW = 1024  # up to this vocabulary the draw takes one cumulative sum per row; above, two short ones
+_AHEAD = 64  # uniform numbers drawn per row at a time (see _Uniforms)
 
 
 @dataclass(frozen=True)
@@ -49,21 +53,21 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if not (_is_real(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE):
             raise UsageError(
-                f"temperature must be 0 (greedy) or positive, at most {MAX_TEMPERATURE:g}, got {self.temperature}"
+                f"temperature must be 0 (greedy) or positive, at most {MAX_TEMPERATURE:g}, got {self.temperature!r}"
             )
         if not is_int(self.top_k) or self.top_k < 0:
-            raise UsageError(f"top-k must be 0 (off) or positive, got {self.top_k}")
+            raise UsageError(f"top-k must be 0 (off) or positive, got {self.top_k!r}")
         if not (_is_real(self.top_p) and 0 < self.top_p <= 1):
-            raise UsageError(f"top-p must be in (0, 1], got {self.top_p}")
+            raise UsageError(f"top-p must be in (0, 1], got {self.top_p!r}")
         if not (_is_real(self.repetition_penalty) and 1 <= self.repetition_penalty <= MAX_REPETITION_PENALTY):
             raise UsageError(
                 f"repetition penalty must be 1 (off) or more, at most {MAX_REPETITION_PENALTY:g}, "
-                f"got {self.repetition_penalty}"
+                f"got {self.repetition_penalty!r}"
             )
         if not is_int(self.max_new_tokens) or self.max_new_tokens < 0:
-            raise UsageError(f"max_new_tokens must be 0 or more, got {self.max_new_tokens}")
+            raise UsageError(f"max_new_tokens must be 0 or more, got {self.max_new_tokens!r}")
         if self.rng_seed is not None and (not is_int(self.rng_seed) or not 0 <= self.rng_seed <= MAX_SEED):
-            raise UsageError(f"the random seed must be a whole number from 0 to 2**64-1, got {self.rng_seed}")
+            raise UsageError(f"the random seed must be a whole number from 0 to 2**64-1, got {self.rng_seed!r}")
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop  # one string is one stop string
         if not isinstance(stop, Sequence) or not all(isinstance(s, str) and s for s in stop):
             raise UsageError(f"stop must be a list of non-empty strings, got {self.stop!r}")
@@ -94,8 +98,7 @@ class Sampler:
 
     def __init__(self, config: SamplingConfig, batch: int, vocab: int, history: Sequence[Sequence[int]] = ()) -> None:
         self.config = config
-        self._seeds = np.random.SeedSequence(config.rng_seed)  # entropy drawn now when rng_seed is None
-        self._made: list[np.random.Generator | None] = [None] * batch  # made at a row's first draw: greedy never
+        self._uniforms = _Uniforms(np.random.SeedSequence(config.rng_seed), range(batch))  # entropy drawn now
         self._rows = np.arange(batch)
         self._seen = np.zeros((batch, vocab), bool)  # with a penalty: which tokens each row's text holds so far
         self._penalized = config.repetition_penalty != 1
@@ -104,13 +107,6 @@ class Sampler:
         self._count = 0  # the first _count of them, so that a step's penalty costs the text's length only
         for row, ids in enumerate(history):
             self.remember(row, ids)
-
-    def _rng(self, row: int) -> np.random.Generator:
-        """Row `row`'s random generator: row 0 from the seed itself, row r from the seed's child r."""
-        rng = self._made[row]
-        if rng is None:
-            rng = self._made[row] = _row_generator(self._seeds, row)
-        return rng
 
     # -- one row's state -----------------------------------------------------------------------------------------
 
@@ -124,11 +120,11 @@ class Sampler:
     def row_state(self, row: int) -> tuple[dict, np.ndarray]:
         """Row `row`'s random generator state (numpy's PCG64 dict) and the tokens its text holds, (vocab,) bool
         (kept only by a run with a repetition penalty; all False otherwise)."""
-        return self._rng(row).bit_generator.state, self._seen[row].copy()
+        return self._uniforms.state(row), self._seen[row].copy()
 
     def restore_row(self, row: int, rng_state: dict, seen: np.ndarray) -> None:
         """Row `row` goes on from a `row_state`."""
-        self._rng(row).bit_generator.state = rng_state
+        self._uniforms.restore(row, rng_state)
         self._seen[row] = seen
         if self._penalized:
             rows, ids = np.nonzero(self._seen)
@@ -201,8 +197,7 @@ class Sampler:
         return _greedy(logits, rows, self._rows if len(logits) == len(self._rows) else None)
 
     def _sample(self, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        u = np.array([self._rng(row).random() for row in rows.tolist()])  # each row's own generator
-        return _sample(self.config, logits, u, rows)
+        return _sample(self.config, logits, self._uniforms.draw(rows), rows)
 
 
 def _penalized(values: np.ndarray, penalty: float) -> np.ndarray:
@@ -217,6 +212,77 @@ def _row_generator(seeds: np.random.SeedSequence, row: int) -> np.random.Generat
     return np.random.default_rng(seeds if row == 0 else np.random.SeedSequence(seeds.entropy, spawn_key=(row,)))
 
 
+class _Uniforms:
+    """Uniform numbers in [0, 1) for a set of rows, each row from its own generator (`_row_generator` of the
+    row's number in `children`), made at the row's first draw (greedy runs never make one).
+
+    A row's numbers are drawn `_AHEAD` at a time, so a step's draws for a whole batch are one gather instead of a
+    generator call per row (64 rows: 2 µs instead of 50 on the dev machine). What a row hands out is exactly the
+    sequence of one-at-a-time `random()` calls, and `state` is the generator's state as if it had been called
+    that way: the state before the block, advanced (PCG64 `advance`: one step per float64) by the count handed
+    out. Snapshots and `restore` therefore see what they always saw.
+    """
+
+    def __init__(self, seeds: np.random.SeedSequence, children: Sequence[int]) -> None:
+        self._seeds = seeds
+        self._children = list(children)
+        self._made: list[np.random.Generator | None] = [None] * len(self._children)
+        self._before: list[dict | None] = [None] * len(self._children)  # each row's state before its block
+        self._block = np.zeros((len(self._children), _AHEAD))
+        self._used = np.full(len(self._children), _AHEAD)  # numbers of the block handed out: _AHEAD, none left
+
+    def _generator(self, row: int) -> np.random.Generator:
+        rng = self._made[row]
+        if rng is None:
+            rng = self._made[row] = _row_generator(self._seeds, self._children[row])
+        return rng
+
+    def draw(self, rows: np.ndarray) -> np.ndarray:
+        """One number for each of `rows` (distinct row numbers), (len(rows),) float64."""
+        if len(rows) == 1:
+            return np.array([self.draw_one(int(rows[0]))])
+        used = self._used[rows]
+        if used.max() == _AHEAD:
+            for row in rows[used == _AHEAD].tolist():
+                self._refill(row)
+            used = np.where(used == _AHEAD, 0, used)
+        self._used[rows] = used + 1
+        return self._block[rows, used]
+
+    def draw_one(self, row: int) -> float:
+        """`draw` for one row, as a float (a server's rows each draw alone)."""
+        used = int(self._used[row])
+        if used == _AHEAD:
+            self._refill(row)
+            used = 0
+        self._used[row] = used + 1
+        return float(self._block[row, used])
+
+    def _refill(self, row: int) -> None:
+        rng = self._generator(row)
+        self._before[row] = rng.bit_generator.state
+        self._block[row] = rng.random(_AHEAD)  # the same numbers as _AHEAD calls of random(), in order
+
+    def state(self, row: int) -> dict:
+        """Row `row`'s generator state (numpy's PCG64 dict) as if each number had been drawn alone."""
+        rng = self._generator(row)
+        used = int(self._used[row])
+        if used == _AHEAD:  # nothing drawn ahead is left: the generator is where the row is
+            return rng.bit_generator.state
+        before = self._before[row]
+        replay = np.random.PCG64()
+        replay.state = before
+        replay.advance(used)  # advance also drops a buffered 32-bit half, which a float64 draw leaves alone
+        state = replay.state
+        state["has_uint32"], state["uinteger"] = before["has_uint32"], before["uinteger"]
+        return state
+
+    def restore(self, row: int, state: dict) -> None:
+        """Row `row` goes on from `state` (a `state` dict)."""
+        self._generator(row).bit_generator.state = state
+        self._used[row] = _AHEAD
+
+
 class RowSampler:
     """One row's choices in a batch whose rows come and go (a server's continuous batch): its own settings,
     random generator, seen tokens and logit bias. `choose_rows` picks for many at once.
@@ -228,9 +294,7 @@ class RowSampler:
 
     def __init__(self, config: SamplingConfig, vocab: int, row: int = 0, bias: dict[int, float] | None = None):
         self.config = config
-        self._seeds = np.random.SeedSequence(config.rng_seed)
-        self._row = row
-        self._rng: np.random.Generator | None = None  # made at the first draw: greedy never needs one
+        self._uniforms = _Uniforms(np.random.SeedSequence(config.rng_seed), [row])  # made at the first draw
         self.penalized = config.repetition_penalty != 1
         self.seen = np.zeros(vocab, bool)
         self.bias = None
@@ -240,11 +304,9 @@ class RowSampler:
         # rows with equal keys are chosen for in one batched call
         self.key = (config.temperature, config.top_k, config.top_p) if not config.greedy else ("greedy",)
 
-    @property
-    def rng(self) -> np.random.Generator:
-        if self._rng is None:
-            self._rng = _row_generator(self._seeds, self._row)
-        return self._rng
+    def uniform(self) -> float:
+        """The row's next uniform number in [0, 1)."""
+        return self._uniforms.draw_one(0)
 
     def remember(self, ids: Sequence[int]) -> None:
         """The row's text now holds `ids` too (its prompt): the repetition penalty counts them."""
@@ -253,12 +315,12 @@ class RowSampler:
 
     def state(self) -> tuple[dict, np.ndarray]:
         """The random generator's state and the seen tokens, as `Sampler.row_state` gives them (snapshots)."""
-        return self.rng.bit_generator.state, self.seen.copy()
+        return self._uniforms.state(0), self.seen.copy()
 
     def restore(self, rng_state: dict | None, seen: np.ndarray) -> None:
         """Go on from a `state()`; with `rng_state` None, keep this sampler's own random stream."""
         if rng_state is not None:
-            self.rng.bit_generator.state = rng_state
+            self._uniforms.restore(0, rng_state)
         self.seen[:] = seen
 
     def _adjust(self, logits: np.ndarray) -> None:
@@ -290,7 +352,7 @@ def choose_rows(logits: np.ndarray, samplers: Sequence[RowSampler]) -> np.ndarra
         if first.config.greedy:
             ids[rows] = _greedy(block, rows)
         else:
-            u = np.array([samplers[i].rng.random() for i in members])
+            u = np.array([samplers[i].uniform() for i in members])
             ids[rows] = _sample(first.config, block, u, rows)
     for sampler, token in zip(samplers, ids.tolist()):
         if sampler.penalized:
@@ -324,6 +386,10 @@ def _sample(config: SamplingConfig, logits: np.ndarray, u: np.ndarray, rows: np.
     number is u[i]. Rows go through in blocks, and nothing mixes rows: a row's token does not depend on the
     others."""
     count, vocab = logits.shape
+    if count == 1 and config.top_p == 1 and vocab <= _DIRECT_DRAW:
+        one = _sample_one(config, logits[0], float(u[0]))
+        if one is not None:
+            return np.array([one])
     ids = np.empty(count, np.int64)
     size = max(1, _BLOCK // vocab)
     with np.errstate(over="ignore", invalid="ignore"):  # extreme logits overflow to -inf: weight 0
@@ -331,6 +397,26 @@ def _sample(config: SamplingConfig, logits: np.ndarray, u: np.ndarray, rows: np.
             block = slice(start, start + size)
             ids[block] = _sample_block(config, logits[block], u[block], rows[block])
     return ids
+
+
+def _sample_one(config: SamplingConfig, w: np.ndarray, u: float) -> int | None:
+    """`_sample` of one row of a small vocabulary without top-p (a single stream's step), in a third of the
+    calls: the same arithmetic, so the same token. None, with `w` untouched, when the row is not plain finite
+    numbers (NaN or ±inf): the general path handles those."""
+    top = w.max()
+    if not math.isfinite(top):
+        return None
+    vocab = w.shape[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        if 0 < config.top_k < vocab:
+            np.putmask(w, w < np.partition(w, vocab - config.top_k)[vocab - config.top_k], -np.inf)
+        w -= top
+        inverse = w.dtype.type(1.0 / config.temperature)
+        if inverse != 1:
+            w *= inverse
+        np.exp(w, out=w)
+    cum = np.cumsum(w, dtype=np.float64)
+    return int(cum.searchsorted(u * _BELOW_ONE * cum[-1], "right"))  # as _draw_in: the count of cum <= target
 
 
 def _sample_block(config: SamplingConfig, w: np.ndarray, u: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -456,4 +542,4 @@ def _draw_in(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
     """
     cum = np.cumsum(weights, axis=1, dtype=np.float64)
     target = u * _BELOW_ONE * cum[:, -1]
-    return (cum <= target[:, None]).sum(axis=1)
+    return (cum > target[:, None]).argmax(axis=1)  # cum never falls and its last exceeds target: the count below

@@ -311,3 +311,37 @@ def test_remember_counts_for_the_penalty() -> None:
     sampler.remember(1, [3, 3])
     assert sampler.choose(np.array([[0, 1, 2, 3], [0, 1, 2, 3]], np.float32)).tolist() == [3, 2]
     assert sampler.row_state(1)[1].tolist() == [False, False, True, True]
+
+
+# -- the fast ways give what the general ones give ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"temperature": 1.0}, {"temperature": 0.8, "top_k": 40}, {"temperature": 3.0, "top_k": 1}]
+)
+def test_a_single_row_draws_what_the_same_row_draws_in_a_batch(kwargs: dict) -> None:
+    config = SamplingConfig(**kwargs)
+    rng = np.random.default_rng(5)
+    draws = [0.0, 1.0 - 2**-53, *rng.random(300)]  # both ends of [0, 1), then anywhere
+    for u in draws:
+        row = (rng.standard_normal(65) * rng.uniform(0.5, 6)).astype(np.float32)
+        row[rng.integers(65)] = row.max()  # a tie at the top now and then
+        alone = sampling._sample(config, row[None].copy(), np.array([u]), np.array([0]))  # the one-row path
+        pair = sampling._sample(config, np.stack([row, row]), np.array([u, u]), np.array([0, 1]))  # the block path
+        assert alone.tolist() == pair[:1].tolist()
+
+
+@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 200])
+def test_uniforms_drawn_ahead_are_single_draws_and_leave_their_state(count: int) -> None:
+    seeds = np.random.SeedSequence(11)
+    ahead = sampling._Uniforms(seeds, [0, 3])
+    one_by_one = [np.random.default_rng(seeds), np.random.default_rng(np.random.SeedSequence(11, spawn_key=(3,)))]
+    for step in range(count):
+        rows = np.array([0, 1]) if step % 3 else np.array([1])  # row 0 skips every third step
+        got = ahead.draw(rows).tolist()
+        assert got == [one_by_one[row].random() for row in rows.tolist()]
+    for row in (0, 1):
+        assert ahead.state(row) == one_by_one[row].bit_generator.state
+    moved = sampling._Uniforms(np.random.SeedSequence(99), [0])  # another seed, then row 1's stream
+    moved.restore(0, ahead.state(1))
+    assert [moved.draw_one(0) for _ in range(70)] == [one_by_one[1].random() for _ in range(70)]
