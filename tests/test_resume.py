@@ -117,3 +117,51 @@ def test_a_run_on_the_built_in_sentences_resumes(tmp_path: Path) -> None:
     config = TrainConfig(out=tmp_path / "run", epochs=2)
     train(ModelConfig(cell="lstm", embed=8, hidden=8), config, progress=False)
     assert resume(tmp_path / "run", {"epochs": 4}, progress=False).epochs == 4
+
+
+def _started_in(tmp_path: Path, data: str) -> Path:
+    """A short run started in tmp_path/start with --data given as `data` (relative there); returns its --out."""
+    start = tmp_path / "start"
+    start.mkdir()
+    make_text(start / "text.txt", 4_000)
+    args = ["--data", data, "--out", "run", "--hidden", "8", "--batch-size", "4", "--seq-len", "8", "--steps", "2"]
+    done = subprocess.run(_cli(*args), cwd=start, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return start / "run"
+
+
+def _resume_from(where: Path, out: Path, steps: int) -> subprocess.CompletedProcess:
+    where.mkdir(exist_ok=True)
+    args = _cli("--out", str(out), "--resume", "--steps", str(steps))
+    return subprocess.run(args, cwd=where, capture_output=True, text=True, timeout=120)
+
+
+def test_a_run_with_relative_data_resumes_from_another_directory(tmp_path: Path) -> None:
+    out = _started_in(tmp_path, "text.txt")
+    done = _resume_from(tmp_path / "elsewhere", out, 4)
+    assert done.returncode == 0, done.stderr
+    assert load_train_state(out)[1]["progress"]["step"] == 4
+
+
+def test_resume_without_its_data_is_one_line_naming_the_path(tmp_path: Path) -> None:
+    out = _started_in(tmp_path, "./text.txt")
+    (out.parent / "text.txt").unlink()
+    done = _resume_from(tmp_path / "elsewhere", out, 4)
+    gone = f"{out.parent / 'text.txt'} (recorded in {out / TRAIN_STATE}) is not there"
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and gone in done.stderr, done.stderr
+    assert "put the same text back at that path" in done.stderr
+
+
+def test_an_older_checkpoint_with_relative_data_says_where_to_resume_from(tmp_path: Path) -> None:
+    """Checkpoints written before the path was recorded absolute hold it as given: it is read from the current
+    directory, and elsewhere the error says to resume from where the run began."""
+    from rnnx.trainer.checkpoint import save_train_state
+
+    out = _started_in(tmp_path, "text.txt")
+    tensors, meta = load_train_state(out)
+    meta["training"]["data"] = "text.txt"
+    save_train_state(out, tensors, {k: v for k, v in meta.items() if k != "format"})
+    elsewhere = _resume_from(tmp_path / "elsewhere", out, 4)
+    assert elsewhere.returncode == 1 and elsewhere.stderr.count("\n") == 1, elsewhere.stderr
+    assert f"is not in {tmp_path / 'elsewhere'}: resume from the directory the run began in" in elsewhere.stderr
+    assert _resume_from(out.parent, out, 4).returncode == 0

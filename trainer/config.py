@@ -3,6 +3,7 @@ summary a finished run returns (`TrainResult`)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,11 @@ class TrainConfig:
         text("device", self.device, DEVICES)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        """The settings as JSON; the data path absolute, so that `--resume` finds it from any directory."""
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        if self.data is not None:
+            values["data"] = os.path.abspath(self.data)
+        return values
 
     @classmethod
     def from_json(cls, data: dict[str, Any], out: Path) -> TrainConfig:

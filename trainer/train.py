@@ -163,6 +163,7 @@ def resume(out: Path, limits: dict[str, Any], progress: bool = True) -> TrainRes
     (epochs, steps, ...). A run may resume on another number of processes: the global batch stays the same."""
     identity = _identity(out / TRAIN_STATE)
     saved = TrainState.read(out, limits)
+    _check_data_there(out, saved.config.data)
     with processes(resolve_device(saved.config.device)) as ranks:
         saved = saved.for_processes(ranks.world)
         config = saved.config
@@ -182,6 +183,17 @@ def resume(out: Path, limits: dict[str, Any], progress: bool = True) -> TrainRes
             result = Run(state, setup, progress, ranks).run()
     log.info("trained %s: %s", saved.model_config.cell, result.summary())
     return result
+
+
+def _check_data_there(out: Path, data: Path | None) -> None:
+    """The text the run trains on is where its checkpoint says (absolute; relative in checkpoints written before
+    rnnx recorded it absolute, read from the current directory then)."""
+    if data is None or data.exists():
+        return
+    what = f"the run's data {data} (recorded in {out / TRAIN_STATE})"
+    if data.is_absolute():
+        raise RnnxError(f"{what} is not there: put the same text back at that path and resume again")
+    raise RnnxError(f"{what} is not in {Path.cwd()}: resume from the directory the run began in")
 
 
 def _check_resumable(out: Path, saved: SavedState, setup: Setup, device: torch.device) -> None:
