@@ -2,10 +2,13 @@
 
     flock /tmp/rnnx-cpu.lock .venv/bin/python bench/sampling.py             # about 5 minutes on 2 cores
     flock /tmp/rnnx-cpu.lock .venv/bin/python bench/sampling.py --quick     # small sizes only, seconds
+    git show ad65163:runtime/sampling.py > /tmp/earlier.py                  # any earlier rnnx sampler ...
+    flock /tmp/rnnx-cpu.lock .venv/bin/python bench/sampling.py --quick --against /tmp/earlier.py   # ... as "before"
 
 Logits: float32, standard normal × 3 (the same for both samplers), each call on a fresh copy (choosing modifies
 its input); a prompt of 8 tokens per row for the repetition penalty. "before" is the sampler as it was until
-issue 9 (float64 (B, V) buffers, a full argsort for top-p), copied below; "now" is `rnnx.runtime.Sampler`.
+issue 9 (float64 (B, V) buffers, a full argsort for top-p), copied below, or with --against the `Sampler` of an
+earlier runtime/sampling.py; "now" is `rnnx.runtime.Sampler`.
 Times are the median of the calls of one cell (at least 3, about half a second's worth), the two samplers
 interleaved. Peak extra memory is what numpy allocated (tracemalloc) while making the sampler and during one
 call, beyond the logits themselves. Cells whose "before" would need more than --before-limit GiB are skipped
@@ -15,8 +18,10 @@ call, beyond the logits themselves. Cells whose "before" would need more than --
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import statistics
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -34,6 +39,7 @@ MODES = {
     "top-k 50": {"temperature": 0.8, "top_k": 50},
     "top-p 0.9": {"temperature": 0.8, "top_p": 0.9},
     "top-k 50 + top-p 0.9": {"temperature": 0.8, "top_k": 50, "top_p": 0.9},
+    "top-k 40": {"temperature": 0.8, "top_k": 40},
     "penalty 1.2": {"temperature": 0.8, "repetition_penalty": 1.2},
 }
 BEFORE_BYTES_PER_LOGIT = {"top-p 0.9": 54, "top-k 50 + top-p 0.9": 54}  # its buffers + argsort's temporaries
@@ -104,10 +110,30 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+EARLIER: list = []  # with --against: that file's Sampler and SamplingConfig
+
+
+def load_earlier(path: str) -> None:
+    """An earlier runtime/sampling.py as the "before" sampler (it imports the rest of rnnx as installed)."""
+    spec = importlib.util.spec_from_file_location("earlier_sampling", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--against {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    EARLIER[:] = [module.Sampler, module.SamplingConfig]
+
+
 def make(kind: str, config: SamplingConfig, batch: int, vocab: int, history: list[list[int]]):
+    if kind == "before" and EARLIER:
+        sampler, settings = EARLIER
+        return sampler(settings(**{k: getattr(config, k) for k in MODES_FIELDS}), batch, vocab, history)
     if kind == "before":
         return BeforeSampler(config, batch, vocab, history)
     return Sampler(config, batch, vocab, history)
+
+
+MODES_FIELDS = ("temperature", "top_k", "top_p", "repetition_penalty", "rng_seed")
 
 
 def peak_bytes(build: Callable[[], object], logits: np.ndarray) -> int:
@@ -173,10 +199,14 @@ def main() -> None:
     parser.add_argument("--before-limit", type=float, default=1.0, help="GiB the full-sort sampler may use")
     parser.add_argument("--budget", type=float, default=0.5, help="seconds of calls per cell (at least 3 calls)")
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--against", metavar="FILE", help="an earlier runtime/sampling.py as the before column")
     args = parser.parse_args()
+    if args.against:
+        load_earlier(args.against)
     print(f"machine: {cpu_name()}, numpy {np.__version__}, one thread (numpy's sorting and reductions are serial)")
     print()
-    print("| vocab × batch | mode | before: full sort, µs/call | now, µs/call | peak extra memory, before → now |")
+    before = f"before: {args.against}" if args.against else "before: full sort"
+    print(f"| vocab × batch | mode | {before}, µs/call | now, µs/call | peak extra memory, before → now |")
     print("|---|---|---|---|---|")
     for vocab, batch in QUICK_SIZES if args.quick else SIZES:
         for mode in args.modes:
