@@ -35,7 +35,7 @@ from rnnx.trainer.checkpoint import (
 from rnnx.trainer.config import LIMIT_FIELDS, TrainConfig
 from rnnx.trainer.distributed import Ranks
 from rnnx.trainer.guards import all_finite
-from rnnx.trainer.limits import number, whole
+from rnnx.trainer.limits import MAX_COUNT, MAX_SECONDS, number, whole
 from rnnx.trainer.model import RNNLM, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,34 @@ class Progress:
     evals_since_best: int = 0
 
     def __post_init__(self) -> None:
-        """Types and ranges: a checkpoint is a file from outside, and `"step": "abc"` must not reach the loop."""
+        """Types, ranges and the counters' agreement: a checkpoint is a file from outside, and neither `"step":
+        "abc"` nor `"epoch": 10**20` (which overflowed a torch seed as the run resumed) must reach the loop."""
         for name in ("step", "epoch", "index", "tokens", "best_step", "evals_since_best"):
-            whole(f"progress {name}", getattr(self, name), 0)
+            whole(f"progress {name}", getattr(self, name), 0, MAX_COUNT)
         for name in ("elapsed", "train_seconds"):
-            if number(f"progress {name}", getattr(self, name)) < 0:
-                raise UsageError(f"progress {name} must be 0 or more, got {getattr(self, name)}")
-        if self.best_val is not None:
-            number("progress best_val", self.best_val)
+            if not 0 <= number(f"progress {name}", getattr(self, name)) <= MAX_SECONDS:
+                raise UsageError(
+                    f"progress {name} must be from 0 to {MAX_SECONDS:g} seconds, got {getattr(self, name)}"
+                )
+        if self.best_val is not None and number("progress best_val", self.best_val) < 0:
+            raise UsageError(f"progress best_val is a loss, 0 or more, got {self.best_val}")
+        for name in ("epoch", "index", "best_step"):  # each epoch, batch and best model took a step at least
+            if getattr(self, name) > self.step:
+                raise UsageError(f"progress {name} {getattr(self, name)} is past step {self.step}")
+        if self.evals_since_best > 2 * self.step:  # one validation per step, and one more as each run ends
+            raise UsageError(f"progress evals_since_best {self.evals_since_best} is more than step {self.step} allows")
+
+    def check_position(self, steps_per_epoch: int, tokens_per_step: int) -> None:
+        """The counters agree with the batches the data gives: `step` steps are `epoch` whole epochs and `index`
+        batches, of `tokens_per_step` tokens each (UsageError naming the counter that does not)."""
+        if self.index >= steps_per_epoch:
+            raise UsageError(f"batch {self.index} of an epoch of {steps_per_epoch}")
+        if self.step != self.epoch * steps_per_epoch + self.index:
+            raise UsageError(
+                f"step {self.step} is not epoch {self.epoch} x {steps_per_epoch} steps + batch {self.index}"
+            )
+        if self.tokens > self.step * tokens_per_step:
+            raise UsageError(f"{self.tokens} tokens in {self.step} steps of {tokens_per_step}")
 
 
 def make_optimizer(model: RNNLM, config: TrainConfig) -> torch.optim.AdamW:

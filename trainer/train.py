@@ -198,8 +198,10 @@ def _check_data_there(out: Path, data: Path | None) -> None:
 
 def _check_resumable(out: Path, saved: SavedState, setup: Setup, device: torch.device) -> None:
     state, config = saved.progress, saved.config
-    if state.index >= setup.batches.steps_per_epoch:
-        raise ModelFileError(f"checkpoint in {out} is corrupt (batch {state.index} of an epoch): start a fresh run")
+    try:
+        state.check_position(setup.batches.steps_per_epoch, setup.batches.tokens_per_step)
+    except UsageError as exc:
+        raise ModelFileError(f"checkpoint in {out} is corrupt ({exc}): start a fresh run") from None
     if fraction_done(config, state, setup.batches.steps_per_epoch) >= 1:
         raise UsageError(
             f"the run in {out} already reached its limit (step {state.step}, epoch {state.epoch}): "
