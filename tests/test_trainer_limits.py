@@ -36,7 +36,8 @@ def eight_gib(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--rng-seed", str(2**70)], f"--rng-seed) must be from 0 to 4294967295, got {2**70}"),
+        (["--rng-seed", str(2**70)], f"--rng-seed) must be from 0 to {2**64 - 1}, got {2**70}"),
+        (["--rng-seed", str(2**64)], f"--rng-seed) must be from 0 to {2**64 - 1}, got {2**64}"),
         (["--layers", "100000"], "layers must be from 1 to 64, got 100000"),
         (
             ["--hidden", "1000000"],
@@ -54,9 +55,25 @@ def test_odd_values_fail_at_once_with_the_limit(tmp_path: Path, args: list[str],
     assert not out.exists()
 
 
-def test_the_largest_seed_trains(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["--out", str(tmp_path), "--rng-seed", str(2**32 - 1), "--epochs", "2"])
+@pytest.mark.parametrize("seed", [2**32 - 1, 2**32, 2**64 - 1])
+def test_the_largest_seed_trains(tmp_path: Path, seed: int) -> None:
+    """rnn-run takes seeds up to 2**64 - 1; so does rnn-train, for the built-in sentences and for text."""
+    result = runner.invoke(app, ["--out", str(tmp_path / "lines"), "--rng-seed", str(seed), "--epochs", "2"])
     assert result.exit_code == 0, result.output
+    data = tmp_path / "text.txt"
+    data.write_text("the cat sat on the mat. a dog ran by. " * 100, encoding="utf-8")
+    args = ["--data", str(data), "--out", str(tmp_path / "text"), "--rng-seed", str(seed), "--hidden", "8"]
+    result = runner.invoke(app, [*args, "--batch-size", "4", "--seq-len", "16", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert load_train_state(tmp_path / "text")[1]["training"]["rng_seed"] == seed
+
+
+def test_seeds_below_2_to_the_32_order_batches_as_before() -> None:
+    """Widening the seed's range wraps the derived seeds into 64 bits, which leaves every earlier run's unchanged."""
+    from rnnx.trainer.data import seed_for
+
+    for seed, epoch in ((0, 0), (7, 3), (2**32 - 1, 10**6)):
+        assert seed_for(seed, epoch, 1_000_003) == seed * 1_000_003 + epoch and seed_for(seed, epoch, 1) == seed + epoch
 
 
 def test_a_run_blown_up_by_its_learning_rate_fails_and_saves_nothing(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # write checkpoint.safetensors every this many steps; 0: at each validation
     device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
     precision: str = "fp32"  # auto: bf16 autocast where the hardware is fast at it (CUDA, CPUs with AMX)
-    rng_seed: int = 0  # 0 to 2**32 - 1
+    rng_seed: int = 0  # 0 to 2**64 - 1, as torch.manual_seed and rnn-run take
     max_data_mb: float = 0.0  # refuse a corpus larger than this; 0: 1/32 of the memory available (limits.data_limit)
 
     def __post_init__(self) -> None:

@@ -122,6 +122,12 @@ class Batch:
     stateful: bool  # True: start from the state the previous batch ended with
 
 
+def seed_for(rng_seed: int, epoch: int, spread: int) -> int:
+    """Epoch `epoch`'s seed for the batch order: `rng_seed * spread + epoch` wrapped into torch's 64 bits (the
+    wrap changes nothing for seeds below 2**32, whose runs stay as they were)."""
+    return (rng_seed * spread + epoch) % 2**64
+
+
 class LineBatches:
     """Line-per-example data: each epoch shuffles the examples; every batch starts from a zero state."""
 
@@ -131,7 +137,9 @@ class LineBatches:
         self.tokens_per_step = min(batch_size, len(examples)) * (examples.size(1) - 1)
 
     def get(self, epoch: int, index: int) -> Batch:
-        order = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(self.seed + epoch))
+        order = torch.randperm(
+            len(self.examples), generator=torch.Generator().manual_seed(seed_for(self.seed, epoch, 1))
+        )
         batch = self.examples[order[index * self.batch_size : (index + 1) * self.batch_size]]  # (B, L)
         return Batch(batch[:, :-1], batch[:, 1:], stateful=False)
 
@@ -170,7 +178,7 @@ class StreamBatches:
 
     def _streams_for(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            gen = torch.Generator().manual_seed(seed_for(self.seed, epoch, 1_000_003))
             offset = int(torch.randint(self.seq_len, (1,), generator=gen))
             span = self.ids[offset : offset + self.batch_size * self.stream_len]
             self._epoch, self._streams = epoch, span.view(self.batch_size, self.stream_len)  # (B, S)

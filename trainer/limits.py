@@ -13,7 +13,7 @@ from typing import Any
 from rnnx.runtime.contract import GATES
 from rnnx.runtime.errors import UsageError
 
-MAX_RNG_SEED = 2**32 - 1  # numpy's range; the batch order derives seeds from it that must fit torch's 64 bits
+MAX_RNG_SEED = 2**64 - 1  # torch's range, and the runtime's (rnn-run --rng-seed): one seed for both
 MAX_COUNT = 2**53  # steps, epochs, tokens of one run: 285 years at a million steps a second; floats stay exact
 MAX_SECONDS = 1e10  # a run's seconds: more than 300 years
 MAX_LAYERS = 64  # a recurrent stack deeper than a few layers rarely trains better; 100000 took minutes to build
