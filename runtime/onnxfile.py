@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from rnnx.runtime.errors import ModelFileError
 
@@ -32,6 +33,7 @@ _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
 _VALUE_NAME = 1
 _EXTERNAL = 1
 _MAX_DEPTH = 16  # graphs inside node attributes inside graphs: rnnx writes two levels
+_MAX_SCANNED = 4096  # top-level fields walked before a file is read whole; an rnnx export has a few dozen
 
 
 class _Malformed(Exception):
@@ -142,6 +144,9 @@ def read_model_bytes(path: Path, max_bytes: int = MAX_MODEL_BYTES) -> bytes:
     if size > max_bytes:
         raise ModelFileError(_too_big(path, size, max_bytes))
     with path.open("rb") as f:
+        if not _framed_as_a_model(f, size):  # before reading it all: 1.5 GB of zeros took 1.6 GB and seconds
+            raise ModelFileError(f"{path} is not an ONNX model (corrupt or another format): re-export it")
+        f.seek(0)
         data = f.read(max_bytes + 1)  # the file may have grown since stat
     if len(data) > max_bytes:
         raise ModelFileError(_too_big(path, len(data), max_bytes))
@@ -154,6 +159,47 @@ def read_model_bytes(path: Path, max_bytes: int = MAX_MODEL_BYTES) -> bytes:
             f"{path} keeps tensors in external data files, which rnnx refuses: export a single .onnx file"
         )
     return data
+
+
+def _read_varint(f: BinaryIO) -> int:
+    """One varint from the file's current position (_Malformed at its end or past 64 bits)."""
+    result = shift = 0
+    while shift <= 63:
+        byte = f.read(1)
+        if not byte:
+            raise _Malformed
+        result |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return result
+        shift += 7
+    raise _Malformed
+
+
+def _framed_as_a_model(f: BinaryIO, size: int) -> bool:
+    """Whether the file's top-level fields, read key by key and skipped with seeks, look like a ModelProto's:
+    ir_version first (tag 0x08: protobuf writes fields in number order, and onnxruntime requires it), then fields
+    that end within the file. Zeros, text or a size that runs past the end fail in the first few bytes. After
+    _MAX_SCANNED fields the rest is left to the full parse (a file of tiny fields would be slow to walk)."""
+    try:
+        if f.read(1) != bytes([_MODEL_IR << 3]) or _read_varint(f) == 0:
+            return False
+        for _ in range(_MAX_SCANNED):
+            if f.tell() == size:
+                return True
+            key = _read_varint(f)
+            field, wire = key >> 3, key & 7
+            if field == 0 or wire not in (0, 1, 2, 5):
+                return False
+            if wire == 0:
+                _read_varint(f)
+            else:
+                skip = _read_varint(f) if wire == 2 else 8 if wire == 1 else 4
+                if f.tell() + skip > size:
+                    return False
+                f.seek(skip, 1)
+    except _Malformed:
+        return False
+    return True
 
 
 def _too_big(path: Path, size: int, limit: int) -> str:

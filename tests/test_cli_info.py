@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,27 @@ def test_empty_data_path_is_refused_by_rnn_eval(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(eval_cli.app, ["--data", "", "--model", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2 and "--data is empty" in result.stderr
+
+
+@pytest.mark.parametrize("start", ["zeros", "text", "model"])
+def test_a_huge_file_that_is_not_a_model_is_refused_before_it_is_read(
+    default_onnx: Path, tmp_path: Path, no_sessions: None, start: str
+) -> None:
+    """1.5 GB (sparse) of zeros, of text, or a real export followed by zeros: refused from its first fields with
+    one line by rnn-info and rnn-run, without reading the file into memory (they read all 1.5 GB, then refused)."""
+    import tracemalloc
+
+    from rnnx.cli import run as run_cli
+
+    path = tmp_path / f"{start}.onnx"
+    path.write_bytes({"zeros": b"", "text": b"hello, I am text\n" * 100, "model": default_onnx.read_bytes()}[start])
+    os.truncate(path, 1500 * 2**20)
+    for app, args in ((info_cli.app, [str(path)]), (run_cli.app, ["--model", str(path), "--seed", "good"])):
+        tracemalloc.start()
+        try:
+            line = one_error_line(runner.invoke(app, args))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert line == f"error: {path} is not an ONNX model (corrupt or another format): re-export it"
+        assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB held while refusing {path}"
