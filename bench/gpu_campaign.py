@@ -1,13 +1,15 @@
 """The GPU campaign of issue 14, one step per subcommand; `bench/gpu_check.sh` runs them in order, time-boxed.
 
-    python bench/gpu_campaign.py facts|tests|latency|train|quality --out DIR [--limit S] [--smoke]
+    python bench/gpu_campaign.py facts|tests|latency|probe|train|quality --out DIR [--limit S] [--smoke]
 
 facts: versions, nvidia-smi, and whether CUDA is usable (torch sees a GPU and runs a kernel; an onnxruntime
 CUDA session really starts), kept in OUT/cuda.json for the later steps. tests: the CUDA tests, verbose.
-latency (bench/gpu_latency.py): bench/latency.py's CUDA rows. train, quality (bench/gpu_training.py): training
-throughput against the plain loop, and a quality run. Exit status: 0 ok, 75 skipped because there is no CUDA
-here, 76 skipped for want of tiny-shakespeare, anything else failed. Without CUDA, `--smoke` runs the same code
-small on the CPU instead, so that a typo shows up here, not on the GPU machine.
+latency (bench/gpu_latency.py): bench/latency.py's CUDA rows. probe (bench/gpu_probe.py): the token choice
+inside the graph, several steps per call, timed and checked against the host's choice. train, quality
+(bench/gpu_training.py): training throughput against the plain loop, and a quality run. Exit status: 0 ok,
+75 skipped because there is no CUDA here, 76 skipped for want of tiny-shakespeare, anything else failed.
+Without CUDA, `--smoke` runs the same code small on the CPU instead, so that a typo shows up here, not on the
+GPU machine.
 """
 
 from __future__ import annotations
@@ -212,11 +214,16 @@ def loaded_libraries(*names: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("facts", "tests", "latency", "train", "quality"))
+    parser.add_argument("step", choices=("facts", "tests", "latency", "probe", "train", "quality"))
     parser.add_argument("--out", type=Path, required=True, help="results folder")
     parser.add_argument("--work", help="scratch folder (default: a fresh temporary one)")
     parser.add_argument("--limit", type=float, default=600.0, help="seconds this step may take in all")
-    parser.add_argument("--seconds", type=float, default=60.0, help="per latency row, per training run, quality run")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=60.0,
+        help="per latency row, training run, quality run (probe: at most, per row)",
+    )
     parser.add_argument("--smoke", action="store_true", help="without CUDA, run the code small on the CPU")
     parser.add_argument("--smoke-seconds", type=float, default=5.0, help="each CPU training smoke run")
     parser.add_argument("--set", nargs="*", default=[], help="quality run settings as key=value")
@@ -228,6 +235,8 @@ def main() -> int:
         Path(args.work).mkdir(parents=True, exist_ok=True)
         if args.step == "latency":
             from gpu_latency import latency_step as step
+        elif args.step == "probe":
+            from gpu_probe import probe_step as step
         elif args.step in ("train", "quality"):
             from gpu_training import quality_step, train_step
 

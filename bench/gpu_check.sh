@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU campaign of issue 14 in one device call: machine facts, the CUDA tests, bench/latency.py's CUDA rows,
-# training throughput and, with the time left, a quality run. Every result goes under $OUT (default ./gpu-out);
+# the token choice inside the graph (bench/gpu_probe.py), training throughput and, with the time left, a quality run. Every result goes under $OUT (default ./gpu-out);
 # $OUT/summary.md says how each step went and is rewritten after every step. It exits 0 once the summary is
 # written, whatever failed, so that the results always come back. How to run it: docs/gpu.md.
 #
@@ -8,8 +8,9 @@
 #   bash bench/gpu_check.sh                          # on the GPU machine, the last of the part-carrying calls
 #   OUT=/tmp/gpu-rehearsal bash bench/gpu_check.sh   # on a CPU machine: CUDA steps say "skipped: no CUDA"
 #
-# Environment: BUDGET_S (seconds for the whole script, default 400), STEPS (default "facts tests latency train
-# quality"), TRAIN_SECONDS (each of the two training runs, default 60), LATENCY_SECONDS (per row, default 1),
+# Environment: BUDGET_S (seconds for the whole script, default 400), STEPS (default "facts tests latency probe
+# train quality"), TRAIN_SECONDS (each of the two training runs, default 60), LATENCY_SECONDS (per row, default 1),
+# PROBE_SECONDS (per probe row, at most, default 0.5),
 # QUALITY_SECONDS (at most, default: what the budget leaves), QUALITY_SET ("key=value ..." for the quality run),
 # SMOKE (1: without CUDA, run the same code small on the CPU; 0: skip at once), PYTHON (default .venv/bin/python
 # where there is one, else python3), RNNX_GPU_DATA (a training text; default .wp/tinyshakespeare.txt or
@@ -35,9 +36,10 @@ EOF
 fi
 
 BUDGET_S=${BUDGET_S:-400}
-STEPS=${STEPS:-facts tests latency train quality}
+STEPS=${STEPS:-facts tests latency probe train quality}
 TRAIN_SECONDS=${TRAIN_SECONDS:-60}
 LATENCY_SECONDS=${LATENCY_SECONDS:-1}
+PROBE_SECONDS=${PROBE_SECONDS:-0.5}
 QUALITY_SECONDS=${QUALITY_SECONDS:-100000}
 QUALITY_SET=${QUALITY_SET:-}
 SMOKE=${SMOKE:-1}
@@ -74,7 +76,7 @@ write_summary() {
     for i in "${!labels[@]}"; do
       echo "| ${labels[i]} | ${statuses[i]} | ${seconds[i]} | ${details[i]} |"
     done
-    for key in facts tests latency train quality; do
+    for key in facts tests latency probe train quality; do
       if [[ -f $OUT/$key.md ]]; then
         echo
         cat "$OUT/$key.md"
@@ -172,6 +174,7 @@ setup
 if wanted facts; then run_step facts "0 machine facts" 60; fi
 if wanted tests; then run_step tests "1 CUDA tests" 150 "${SMOKE_FLAG[@]}"; fi
 if wanted latency; then run_step latency "2 CUDA latency" 150 --seconds "$LATENCY_SECONDS" "${SMOKE_FLAG[@]}"; fi
+if wanted probe; then run_step probe "2b token choice in the graph" 90 --seconds "$PROBE_SECONDS" "${SMOKE_FLAG[@]}"; fi
 if wanted train; then
   run_step train "3 training throughput" $((2 * TRAIN_SECONDS + 60)) --seconds "$TRAIN_SECONDS" "${SMOKE_FLAG[@]}"
 fi
