@@ -14,7 +14,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
-STEPS = ("0 machine facts", "1 CUDA tests", "2 CUDA latency", "3 training throughput", "4 quality run")
+STEPS = (
+    "0 machine facts",
+    "1 CUDA tests",
+    "2 CUDA latency",
+    "2b token choice in the graph",
+    "3 training throughput",
+    "4 quality run",
+)
 
 
 @pytest.fixture
