@@ -35,7 +35,8 @@ _BLOCK = 1 << 20  # logits per block of rows: temporaries stay a few MB whatever
 _TOP_P_FIRST = 256  # top-p sorts this many candidates first, 8 times more for rows whose cut lies further down
 _BELOW_ONE = 1.0 - 2.0**-52  # see _draw_in
 _DIRECT_DRAW = 1024  # up to this vocabulary the draw takes one cumulative sum per row; above, two short ones
-_AHEAD = 64  # uniform numbers drawn per row at a time (see _Uniforms)
+_AHEAD = 64  # uniform numbers drawn per row at a time (see _Uniforms), fewer for a large batch:
+_AHEAD_BYTES = 1 << 20  # the blocks of a whole batch stay within about this (8 per row at least)
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,9 @@ class _Uniforms:
     """Uniform numbers in [0, 1) for a set of rows, each row from its own generator (`_row_generator` of the
     row's number in `children`), made at the row's first draw (greedy runs never make one).
 
-    A row's numbers are drawn `_AHEAD` at a time, so a step's draws for a whole batch are one gather instead of a
-    generator call per row (64 rows: 2 µs instead of 50 on the dev machine). What a row hands out is exactly the
+    A row's numbers are drawn `_AHEAD` at a time (down to 8 in a batch of over 2,048 rows: `_AHEAD_BYTES`), so a
+    step's draws for a whole batch are one gather instead of a generator call per row (64 rows: 2 µs instead of
+    50 on the dev machine). What a row hands out is exactly the
     sequence of one-at-a-time `random()` calls, and `state` is the generator's state as if it had been called
     that way: the state before the block, advanced (PCG64 `advance`: one step per float64) by the count handed
     out. Snapshots and `restore` therefore see what they always saw.
@@ -228,8 +230,9 @@ class _Uniforms:
         self._children = list(children)
         self._made: list[np.random.Generator | None] = [None] * len(self._children)
         self._before: list[dict | None] = [None] * len(self._children)  # each row's state before its block
-        self._block = np.zeros((len(self._children), _AHEAD))
-        self._used = np.full(len(self._children), _AHEAD)  # numbers of the block handed out: _AHEAD, none left
+        self._ahead = ahead = max(8, min(_AHEAD, _AHEAD_BYTES // (8 * max(1, len(self._children)))))
+        self._block = np.zeros((len(self._children), ahead))
+        self._used = np.full(len(self._children), ahead)  # numbers of the block handed out: all, none left
 
     def _generator(self, row: int) -> np.random.Generator:
         rng = self._made[row]
@@ -242,17 +245,17 @@ class _Uniforms:
         if len(rows) == 1:
             return np.array([self.draw_one(int(rows[0]))])
         used = self._used[rows]
-        if used.max() == _AHEAD:
-            for row in rows[used == _AHEAD].tolist():
+        if used.max() == self._ahead:
+            for row in rows[used == self._ahead].tolist():
                 self._refill(row)
-            used = np.where(used == _AHEAD, 0, used)
+            used = np.where(used == self._ahead, 0, used)
         self._used[rows] = used + 1
         return self._block[rows, used]
 
     def draw_one(self, row: int) -> float:
         """`draw` for one row, as a float (a server's rows each draw alone)."""
         used = int(self._used[row])
-        if used == _AHEAD:
+        if used == self._ahead:
             self._refill(row)
             used = 0
         self._used[row] = used + 1
@@ -261,13 +264,13 @@ class _Uniforms:
     def _refill(self, row: int) -> None:
         rng = self._generator(row)
         self._before[row] = rng.bit_generator.state
-        self._block[row] = rng.random(_AHEAD)  # the same numbers as _AHEAD calls of random(), in order
+        self._block[row] = rng.random(self._ahead)  # the same numbers as that many calls of random(), in order
 
     def state(self, row: int) -> dict:
         """Row `row`'s generator state (numpy's PCG64 dict) as if each number had been drawn alone."""
         rng = self._generator(row)
         used = int(self._used[row])
-        if used == _AHEAD:  # nothing drawn ahead is left: the generator is where the row is
+        if used == self._ahead:  # nothing drawn ahead is left: the generator is where the row is
             return rng.bit_generator.state
         before = self._before[row]
         replay = np.random.PCG64()
@@ -280,7 +283,7 @@ class _Uniforms:
     def restore(self, row: int, state: dict) -> None:
         """Row `row` goes on from `state` (a `state` dict)."""
         self._generator(row).bit_generator.state = state
-        self._used[row] = _AHEAD
+        self._used[row] = self._ahead
 
 
 class RowSampler:

@@ -332,7 +332,11 @@ def test_a_single_row_draws_what_the_same_row_draws_in_a_batch(kwargs: dict) -> 
 
 
 @pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 200])
-def test_uniforms_drawn_ahead_are_single_draws_and_leave_their_state(count: int) -> None:
+@pytest.mark.parametrize("budget", [sampling._AHEAD_BYTES, 16], ids=["64-ahead", "8-ahead"])
+def test_uniforms_drawn_ahead_are_single_draws_and_leave_their_state(
+    count: int, budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sampling, "_AHEAD_BYTES", budget)  # 16 bytes for 2 rows: the least, 8 ahead
     seeds = np.random.SeedSequence(11)
     ahead = sampling._Uniforms(seeds, [0, 3])
     one_by_one = [np.random.default_rng(seeds), np.random.default_rng(np.random.SeedSequence(11, spawn_key=(3,)))]
@@ -342,6 +346,7 @@ def test_uniforms_drawn_ahead_are_single_draws_and_leave_their_state(count: int)
         assert got == [one_by_one[row].random() for row in rows.tolist()]
     for row in (0, 1):
         assert ahead.state(row) == one_by_one[row].bit_generator.state
+    assert ahead._block.shape[1] == (64 if budget > 16 else 8)
     moved = sampling._Uniforms(np.random.SeedSequence(99), [0])  # another seed, then row 1's stream
     moved.restore(0, ahead.state(1))
     assert [moved.draw_one(0) for _ in range(70)] == [one_by_one[1].random() for _ in range(70)]
