@@ -29,13 +29,14 @@ from starlette.exceptions import HTTPException
 
 from rnnx.runtime.model import Model
 from rnnx.runtime.serve.api import ApiError, CompletionRequest, plan_rows, prompts_of
-from rnnx.runtime.serve.batcher import End, Failure, Job, QueueFull, Scheduler
+from rnnx.runtime.serve.batcher import End, Failure, Job, QueueFull, Scheduler, ShuttingDown
 from rnnx.runtime.serve.config import ServeConfig
 from rnnx.runtime.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1
+SHUTDOWN_RETRY_AFTER_SECONDS = 5  # this server is going away: a restarted one needs seconds to load its model
 _FASTAPI_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's words for a body json.loads raised on
 
 
@@ -192,6 +193,11 @@ def create_app(model: Model, config: ServeConfig, scheduler: Scheduler | None = 
                 error_body(429, message, None, "rate_limit_error"),
                 429,
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        except ShuttingDown:
+            message = "the server is shutting down: retry on another server or after it restarts"
+            return JSONResponse(
+                error_body(503, message), 503, headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER_SECONDS)}
             )
         reply = Reply(body, config.model_name, prompts_of(body))
         if body.stream:

@@ -37,6 +37,10 @@ class QueueFull(Exception):
     """Every place in the batch and the queue is taken: the request should come back later (429)."""
 
 
+class ShuttingDown(Exception):
+    """The server is draining or stopped: it takes no new rows; the client should go elsewhere (503)."""
+
+
 @dataclass(frozen=True)
 class End:
     """A row's last event: why it ended ("stop", "length", "cancelled") and, if asked for, its snapshot."""
@@ -109,6 +113,7 @@ class Scheduler:
         self._queue: collections.deque[Row] = collections.deque()
         self._load = 0  # rows queued or in the batch (under _cond)
         self._stopping = False
+        self._draining = False  # no new rows; those in flight finish (set from the event loop)
         self._purge = False  # a queued row was cancelled: sweep the queue at the next step (set from any thread)
         self._rows: list[Row] = []  # the batch, in state order (this thread only)
         self._state: tuple[np.ndarray, ...] | None = None  # each (layers, rows, hidden); set at the first join
@@ -125,17 +130,24 @@ class Scheduler:
         self._thread.start()
 
     def submit(self, rows: list[Row]) -> Job:
-        """Queue a request's rows; QueueFull when they do not fit."""
+        """Queue a request's rows; QueueFull when they do not fit, ShuttingDown once `drain` was called."""
         job = Job(rows, asyncio.get_running_loop())
         job.on_cancel = self._queued_cancelled
         with self._cond:
-            if self._stopping or self._load + len(rows) > self.capacity:
+            if self._stopping or self._draining:
+                raise ShuttingDown
+            if self._load + len(rows) > self.capacity:
                 raise QueueFull
             self._load += len(rows)
             self._queue.extend(rows)
             self.metrics.queued_rows = len(self._queue)
             self._cond.notify()
         return job
+
+    def drain(self) -> None:
+        """Take no new rows (`submit` raises ShuttingDown); the rows running or waiting go on to their end."""
+        with self._cond:
+            self._draining = True
 
     def cancel_all(self) -> None:
         """Stop taking rows and end every row, running or waiting, with finish_reason "cancelled" (any thread):

@@ -140,7 +140,9 @@ def _server_class():
         async def shutdown(self, sockets=None) -> None:
             # when the drain ends, the rows still running or waiting are cancelled by the scheduler, so each
             # request ends properly (finish_reason "cancelled", then [DONE]) before uvicorn's own deadline,
-            # which would cut the connections and log a traceback per request
+            # which would cut the connections and log a traceback per request; from now on a request that reaches
+            # the app (its connection was open before) is a 503, not queued
+            self.scheduler.drain()
             timer = asyncio.get_running_loop().call_later(self.drain, self.scheduler.cancel_all)
             try:
                 await super().shutdown(sockets)
