@@ -29,6 +29,8 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["--max-queue", "-1"], 2, "max-queue must be"),
         (["--api-key-env", "RNNX_SURELY_UNSET_VARIABLE"], 2, "RNNX_SURELY_UNSET_VARIABLE: the variable is not set"),
         (["--drain-seconds", "-1"], 2, "drain-seconds"),
+        (["--body-timeout", "0"], 2, "body-timeout must be more than 0"),
+        (["--body-timeout", "nan"], 2, "body-timeout must be more than 0"),
     ],
 )
 def test_bad_options_are_one_error_line(model_path: Path, args: list[str], code: int, words: str) -> None:

@@ -7,7 +7,9 @@
 
 Every refusal is OpenAI's error object, {"error": {"message", "type", "param", "code"}}, with a 4xx status;
 the message says what is wrong and what to do. The `Guard` middleware answers before any routing: a missing
-or wrong API key (401) and a body over the limit (413) never reach a handler.
+or wrong API key (401) and a body over the limit (413) never reach a handler; a body that does not arrive in
+`body_timeout` seconds is a 408 and its connection is closed (uvicorn has no such limit: `timeout_keep_alive`
+only covers the idle time between requests).
 """
 
 from __future__ import annotations
@@ -62,6 +64,14 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is over {limit} bytes: send a smaller request")
 
 
+class BodyTimeout(HTTPException):
+    """The body did not arrive in time; the connection closes after the 408, as a stalled one cannot be reused."""
+
+    def __init__(self, seconds: float) -> None:
+        message = f"the request body did not arrive within {seconds:g} s: send it all at once"
+        super().__init__(408, message, headers={"Connection": "close"})
+
+
 class Guard:
     """ASGI middleware: the API key (constant-time compare) and the body size, before anything else runs."""
 
@@ -83,11 +93,18 @@ class Guard:
         if scope["path"] == "/v1/completions":  # the body is JSON whatever it says (curl -d says a form)
             scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"content-type"])
             scope["headers"].append((b"content-type", b"application/json"))
-        limit, seen = self.config.max_body_bytes, 0
+        limit, seen, reading = self.config.max_body_bytes, 0, True
+        deadline = time.monotonic() + self.config.body_timeout
 
         async def counted():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, reading
+            if not reading:  # the body is in: what comes now is http.disconnect, however late
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BodyTimeout(self.config.body_timeout) from None
+            reading = message["type"] == "http.request" and message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise BodyTooLarge(limit)

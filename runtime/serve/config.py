@@ -19,6 +19,7 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20  # a larger request body is refused (413) before it is read
     api_key: str | None = None  # when set, every request needs `Authorization: Bearer <key>`
     drain_seconds: float = 30.0  # on SIGTERM, how long in-flight requests may take to finish
+    body_timeout: float = 30.0  # seconds from the headers to the body's last byte; later is a 408
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_tokens", "max_prompt_tokens", "max_n", "max_body_bytes"):
@@ -33,3 +34,5 @@ class ServeConfig:
             raise UsageError("the API key is empty: set the variable to a secret, or leave out --api-key-env")
         if not 0 <= self.drain_seconds <= 3600:
             raise UsageError(f"drain-seconds must be from 0 to 3600, got {self.drain_seconds}")
+        if not 0 < self.body_timeout <= 3600:
+            raise UsageError(f"body-timeout must be more than 0 and at most 3600 seconds, got {self.body_timeout}")
