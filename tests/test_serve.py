@@ -378,6 +378,7 @@ def test_models_health_and_metrics(server: Server, model: Model) -> None:
         "rnnx_requests_total",
         "rnnx_tokens_generated_total",
         "rnnx_active_rows",
+        "rnnx_reading_rows",
         "rnnx_queue_length",
         "rnnx_batch_size_bucket",
         "rnnx_time_to_first_token_seconds_bucket",
@@ -543,6 +544,20 @@ def test_a_prompt_at_the_length_limit_is_read_and_one_token_more_is_refused(serv
     assert reply["usage"]["prompt_tokens"] == 4096 and reply["choices"][0]["finish_reason"] == "length"
     status, _, refused = server.request("POST", "/v1/completions", {"prompt": "x" * 4097})
     assert status == 400 and refused["error"]["param"] == "prompt" and "4097 tokens" in refused["error"]["message"]
+
+
+def test_a_prompt_longer_than_a_piece_gives_the_text_of_generate_beside_a_running_stream(
+    server: Server, model: Model
+) -> None:
+    long = (TEXT * 20)[:1500]  # read 32 tokens per step (the default): 47 pieces, the running row stepping between
+    conn, resp = server.open_stream({"prompt": "the", "max_tokens": 4000, "top_k": 12, "seed": 8})
+    next(sse_events(resp))
+    reply = server.complete({"prompt": [long, long[:700]], "max_tokens": 40, "top_k": 12, "seed": 12})
+    conn.close()
+    texts = [c["text"] for c in sorted(reply["choices"], key=lambda c: c["index"])]
+    assert [long + texts[0], long[:700] + texts[1]] == model.generate_batch([long, long[:700]], 40, sampling(12, 40))
+    assert reply["usage"]["prompt_tokens"] == 2200
+    server.wait_for("rnnx_active_rows", 0)
 
 
 def test_many_clients_leaving_mid_stream_free_every_row_and_a_stuck_body_blocks_nobody(server: Server) -> None:

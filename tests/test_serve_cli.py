@@ -31,6 +31,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["--drain-seconds", "-1"], 2, "drain-seconds"),
         (["--body-timeout", "0"], 2, "body-timeout must be more than 0"),
         (["--body-timeout", "nan"], 2, "body-timeout must be more than 0"),
+        (["--prompt-tokens-per-step", "0"], 2, "prompt-tokens-per-step must be a whole number of 1 or more"),
     ],
 )
 def test_bad_options_are_one_error_line(model_path: Path, args: list[str], code: int, words: str) -> None:

@@ -1,10 +1,14 @@
-"""rnn-serve's limits: a body that does not arrive in time is a 408 that closes its connection, and a request
-that reaches a draining server is a 503. Against a real server subprocess (test_serve's helpers); no assertion
-rests on how long anything took: the timeouts are waited for, however late they fire.
+"""rnn-serve's limits: a long prompt is read in pieces while the batch goes on stepping, a body that does not
+arrive in time is a 408 that closes its connection, and a request that reaches a draining server is a 503.
+
+The scheduler is driven in this process (no HTTP) where the order of its graph calls is what is checked; the
+HTTP limits against a real server subprocess (test_serve's helpers). No assertion rests on how long anything
+took: the scheduler's order is fixed by its loop, and the timeouts are waited for, however late they fire.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import signal
@@ -13,8 +17,115 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
-from test_serve import sse_events, start_server, stop_server, write_model
+import torch
+from test_serve import TEXT, sampling, sse_events, start_server, stop_server, write_model
+
+from rnnx.export import export_model
+from rnnx.runtime import Model
+from rnnx.runtime.sampling import RowSampler
+from rnnx.runtime.serve.batcher import End, Row, Scheduler
+from rnnx.runtime.serve.metrics import Metrics
+from rnnx.runtime.tokenizer import CharTokenizer
+from rnnx.trainer.checkpoint import save_model
+from rnnx.trainer.model import RNNLM, ModelConfig
+
+LONG = (TEXT * 12)[:1000]  # 1000 tokens of the character model
+PIECE = 50  # prompt tokens per step in these tests: the long prompt takes 20 pieces
+
+
+@pytest.fixture(scope="module", params=["steps", "prompt path"])
+def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Model:
+    """The character model without a prompt path (prompts read a step per token) and with one (a graph call
+    per piece): pieces must be exact either way."""
+    folder = tmp_path_factory.mktemp("limits")
+    if request.param == "steps":
+        return Model(write_model(folder / "steps.onnx"), provider="cpu", threads=1)
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer.build(TEXT)
+    net = RNNLM(ModelConfig(cell="lstm", vocab_size=len(tokenizer.vocab), embed=8, hidden=32, layers=2)).eval()
+    save_model(folder / "run", net, tokenizer, {})
+    model = Model(export_model(folder / "run", folder / "prompt.onnx").path, provider="cpu", threads=1)
+    assert model.has_prompt_path
+    return model
+
+
+class Recording:
+    """The model, with the shape of every prompt read noted beside the tokens the watched row had by then and
+    the rows reading and stepping then (the metrics' gauges)."""
+
+    def __init__(self, model: Model, metrics: Metrics) -> None:
+        self.model, self.metrics = model, metrics
+        self.watched: Row | None = None
+        self.reads: list[tuple[tuple[int, int], int, int, int]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def read(self, tokens: np.ndarray, state):
+        seen = self.watched.tokens if self.watched is not None else -1
+        self.reads.append((tokens.shape, seen, self.metrics.reading_rows, self.metrics.active_rows))
+        return self.model.read(tokens, state)
+
+
+def row(model: Model, prompt: str, seed: int, tokens: int, index: int = 0) -> Row:
+    sampler = RowSampler(sampling(seed, tokens), model.info.vocab_size, row=index)
+    return Row(model.tokenizer.encode(prompt), sampler, tokens, (), None, False)
+
+
+async def until_end(job, rows: list[Row], texts: dict[int, str]) -> None:
+    """Collect the rows' text into `texts` (by position) until each has ended."""
+    open_rows = set(range(len(rows)))
+    while open_rows:
+        await job.wake.wait()
+        job.wake.clear()
+        for i in list(open_rows):
+            while rows[i].events:
+                event = rows[i].events.popleft()
+                if isinstance(event, str):
+                    texts[i] = texts.get(i, "") + event
+                else:
+                    assert isinstance(event, End), event
+                    open_rows.discard(i)
+
+
+def test_a_long_prompt_is_read_in_pieces_while_the_running_row_keeps_stepping(model: Model) -> None:
+    metrics = Metrics(8)
+    recording = Recording(model, metrics)
+    scheduler = Scheduler(recording, 8, 8, metrics, prompt_tokens_per_step=PIECE)
+    running = row(model, "the", 21, 100_000)
+    joining = [row(model, LONG, 22, 30), row(model, LONG, 22, 30, 1), row(model, LONG[:333], 23, 30)]
+    texts: dict[int, str] = {}
+    running_text: dict[int, str] = {}
+
+    async def serve() -> None:
+        scheduler.start()
+        first = scheduler.submit([running])
+        while running.tokens < 3:  # it is in the batch and stepping
+            await asyncio.sleep(0.001)
+        recording.watched = running
+        await until_end(scheduler.submit(joining), joining, texts)
+        first.cancel()
+        await until_end(first, [running], running_text)
+
+    try:
+        asyncio.run(serve())
+    finally:
+        scheduler.close()
+    # the two 1000-token rows read together, 25 tokens each per step (50 in all); the 333-token row waits for
+    # what is left of each step's 50 and reads once they are done: not one read of a whole long prompt
+    pieces = [read for read in recording.reads if read[1] >= 0]
+    assert [shape for shape, *_ in pieces] == [(2, 25)] * 40 + [(1, 50)] * 6 + [(1, 33)], pieces
+    assert [seen for _, seen, *_ in pieces] == list(range(pieces[0][1], pieces[0][1] + 47))  # a step between
+    assert [(reading, active) for *_, reading, active in pieces] == [(3, 1)] * 40 + [(1, 3)] * 7
+    assert metrics.reading_rows == 0 and metrics.active_rows == 0
+    # read in 40 or 7 pieces, each row's text is the one `Model.generate` gives from one read
+    assert LONG + texts[0] == model.generate(LONG, sampling=sampling(22, 30))
+    assert LONG + texts[1] == model.generate_batch([LONG, LONG], sampling=sampling(22, 30))[1]
+    assert LONG[:333] + texts[2] == model.generate(LONG[:333], sampling=sampling(23, 30))
+    assert "the" + running_text[0] == model.generate("the", sampling=sampling(21, running.tokens))
+
 
 # -- HTTP ----------------------------------------------------------------------------------------------------------
 

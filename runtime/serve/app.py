@@ -140,7 +140,7 @@ class Guard:
 def create_app(model: Model, config: ServeConfig, scheduler: Scheduler | None = None) -> Guard:
     """The server's ASGI app. `scheduler`: another engine with the same `submit`/`start`/`close` (benchmarks)."""
     metrics = scheduler.metrics if scheduler is not None else Metrics(config.max_batch)
-    engine = scheduler or Scheduler(model, config.max_batch, config.max_queue, metrics)
+    engine = scheduler or Scheduler(model, config.max_batch, config.max_queue, metrics, config.prompt_tokens_per_step)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,9 +1,13 @@
 """Continuous batching: one thread steps every active row of every request as one batch per graph call.
 
-    queue --(prompt read, grouped by length)--> batch --(one token per row per step)--> rows' event queues
+    queue --(prompt read in pieces, grouped by length)--> batch --(one token per row per step)--> rows' events
 
 A row joins the batch at the step after its prompt is read (through the prompt path, rows of equal length
-together) and leaves it the moment it finishes, is cancelled or its client goes away; the batch's state is
+together) and leaves it the moment it finishes, is cancelled or its client goes away. A prompt is read a piece
+per step, at most `prompt_tokens_per_step` tokens (all rows together) between two steps of the batch, the
+state carried from piece to piece, so a long prompt never stalls the rows already running: it costs them a
+few steps' time per token until it is read, and its own text is the same as if it were read at once. The
+batch's state is
 kept compact on the host, (layers, rows, hidden), so a step costs what the rows in it cost. Each row chooses
 its tokens with its own `RowSampler` (settings, random generator), so its text does not depend on the rows
 beside it. A row that asked for its state back rides along one more step, so that its snapshot holds the
@@ -101,12 +105,35 @@ class Job:
             self.on_cancel()
 
 
-class Scheduler:
-    """Owns the batch; `submit` from the event loop, everything else on its own thread."""
+class Reading:
+    """Rows of equal prompt length whose prompts are being read, a piece per loop, and their state so far."""
 
-    def __init__(self, model: Model, max_batch: int, max_queue: int, metrics: Metrics) -> None:
+    def __init__(self, rows: list[Row], state: tuple[np.ndarray, ...]) -> None:
+        self.rows = rows
+        self.tokens = np.array([row.ids for row in rows], np.int64)  # (rows, length)
+        self.state = state  # each (layers, rows, hidden): after the first `done` tokens
+        self.done = 0
+
+    def keep(self, keep: list[int]) -> None:
+        """Only the rows at positions `keep` go on reading."""
+        index = np.array(keep, np.int64)
+        self.rows = [self.rows[i] for i in keep]
+        self.tokens = self.tokens[index]
+        self.state = tuple(s[:, index] for s in self.state)
+
+
+class Scheduler:
+    """Owns the batch; `submit` from the event loop, everything else on its own thread.
+
+    prompt_tokens_per_step: prompt tokens (all rows together) read between two steps of the batch.
+    """
+
+    def __init__(
+        self, model: Model, max_batch: int, max_queue: int, metrics: Metrics, prompt_tokens_per_step: int = 32
+    ) -> None:
         self.model = model
         self.max_batch = max_batch
+        self.prompt_tokens_per_step = prompt_tokens_per_step
         self.capacity = max_batch + max_queue
         self.metrics = metrics
         self._cond = threading.Condition()
@@ -116,6 +143,7 @@ class Scheduler:
         self._draining = False  # no new rows; those in flight finish (set from the event loop)
         self._purge = False  # a queued row was cancelled: sweep the queue at the next step (set from any thread)
         self._rows: list[Row] = []  # the batch, in state order (this thread only)
+        self._reading: list[Reading] = []  # rows whose prompts are being read, oldest first (this thread only)
         self._state: tuple[np.ndarray, ...] | None = None  # each (layers, rows, hidden); set at the first join
         self._logits: np.ndarray | None = None
         self._touched: set[Job] = set()  # requests that gained events this step (this thread only)
@@ -156,7 +184,7 @@ class Scheduler:
             self._stopping = True
             for row in self._queue:
                 row.cancelled = True
-            for row in list(self._rows):
+            for row in [*self._rows, *(row for group in self._reading for row in group.rows)]:
                 row.cancelled = True
             self._purge = True
             self._cond.notify()
@@ -182,6 +210,8 @@ class Scheduler:
                 self._drop_cancelled()
                 if joining:
                     self._join(joining)
+                if self._reading:
+                    self._read()
                 if self._rows:
                     self._step()
             except Exception as exc:  # a graph that fails at run time (ModelFileError) or a bug: rows end, we go on
@@ -192,14 +222,15 @@ class Scheduler:
     def _take(self) -> list[Row] | None:
         """Rows that may join now (cancelled ones dropped); None when stopping with nothing left."""
         with self._cond:
-            while not self._queue and not self._rows:
+            while not self._queue and not self._rows and not self._reading:
                 if self._stopping:
                     return None
                 self._cond.wait()
             if self._purge:
                 self._sweep()
             joining = []
-            while self._queue and len(self._rows) + len(joining) < self.max_batch:
+            places = self.max_batch - len(self._rows) - sum(len(group.rows) for group in self._reading)
+            while self._queue and len(joining) < places:
                 row = self._queue.popleft()
                 if row.cancelled:
                     self._load -= 1
@@ -260,6 +291,16 @@ class Scheduler:
             job.wake.set()
 
     def _drop_cancelled(self) -> None:
+        for group in self._reading:
+            if any(row.cancelled for row in group.rows):
+                for row in group.rows:
+                    if row.cancelled:
+                        self._emit(row, End("cancelled"))
+                gone = [row for row in group.rows if row.cancelled]
+                self._leave(gone)
+                self.metrics.reading_rows -= len(gone)
+                group.keep([i for i, row in enumerate(group.rows) if not row.cancelled])
+        self._reading = [group for group in self._reading if group.rows]
         gone = [i for i, row in enumerate(self._rows) if row.cancelled]
         if not gone:
             return
@@ -280,7 +321,8 @@ class Scheduler:
         self.metrics.active_rows = len(self._rows)
 
     def _join(self, joining: list[Row]) -> None:
-        """Read the joining rows' prompts (equal lengths together) and add them to the batch."""
+        """Start reading the joining rows' prompts (equal lengths together); a row resumed with no new text joins
+        the batch at once, going on from its snapshot's logits."""
         info = self.model.info
         by_length: dict[int, list[Row]] = {}
         for row in joining:
@@ -294,14 +336,36 @@ class Scheduler:
                 for k in range(len(info.state_inputs))
             )  # each (layers, g, hidden)
             if length:
-                logits, state = self.model.read(np.array([row.ids for row in group], np.int64), state)
-                self.metrics.prompt_tokens += length * len(group)
-            else:  # resumed with no new text: it goes on from the snapshot's logits
-                logits = np.stack([row.start.logits for row in group])
-            for row in group:
-                row.sampler.remember(row.ids)
-            self._add(group, state, np.asarray(logits, np.float32))
-        done = [i for i, row in enumerate(self._rows) if row.left <= 0]  # max_tokens 0: nothing to generate
+                self._reading.append(Reading(group, state))
+                self.metrics.reading_rows += len(group)
+            else:
+                self._enter(group, state, np.stack([row.start.logits for row in group]))
+
+    def _read(self) -> None:
+        """The next piece of the waiting prompts, oldest first, at most `prompt_tokens_per_step` tokens in all (at
+        least one token of the oldest group); the groups read to their end join the batch."""
+        budget = self.prompt_tokens_per_step
+        for n, group in enumerate(list(self._reading)):
+            rows = len(group.rows)
+            if n and budget < rows:  # not a token left for each of its rows: it waits for the next step
+                break
+            piece = min(group.tokens.shape[1] - group.done, max(1, budget // rows))
+            tokens = group.tokens[:, group.done : group.done + piece]
+            logits, group.state = self.model.read(np.ascontiguousarray(tokens), group.state)
+            group.done += piece
+            budget -= piece * rows
+            self.metrics.prompt_tokens += piece * rows
+            if group.done == group.tokens.shape[1]:
+                self._reading.remove(group)
+                self.metrics.reading_rows -= rows
+                self._enter(group.rows, group.state, logits)
+
+    def _enter(self, rows: list[Row], state: tuple[np.ndarray, ...], logits: np.ndarray) -> None:
+        """Rows whose prompts are read join the batch (max_tokens 0: they end at once, nothing to generate)."""
+        for row in rows:
+            row.sampler.remember(row.ids)
+        self._add(rows, tuple(state), np.asarray(logits, np.float32))
+        done = [i for i, row in enumerate(self._rows) if row.left <= 0]
         if done:
             self._finish(done, "length")
 
@@ -381,9 +445,10 @@ class Scheduler:
             self._finish(finished, "length")
 
     def _fail_all(self, joining: list[Row], message: str) -> None:
-        rows = list(self._rows) + [row for row in joining if row not in self._rows]
+        rows = [*self._rows, *(row for group in self._reading for row in group.rows)]
+        rows += [row for row in joining if row not in rows]  # identity: a Row has no __eq__
         for row in rows:
             self._emit(row, Failure(message))
         self._leave(rows)
-        self._rows, self._state, self._logits = [], None, None
-        self.metrics.active_rows = 0
+        self._rows, self._state, self._logits, self._reading = [], None, None, []
+        self.metrics.active_rows = self.metrics.reading_rows = 0

@@ -40,6 +40,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (1 MiB)")
     p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, time for requests to finish (30)")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive a request body; then 408 (30)")
+    p.add_argument(
+        "--prompt-tokens-per-step",
+        type=int,
+        default=32,
+        help="prompt tokens read between two steps of the batch: larger, long prompts join sooner; smaller, "
+        "running streams stall less while they are read (32)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs time per request)")
     p.add_argument("-v", "--verbose", action="store_true", help="show rnnx's and uvicorn's INFO logs")
     p.add_argument("--version", action="version", version=f"rnnx {_version()}")
@@ -77,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             api_key=_api_key(args.api_key_env),
             drain_seconds=args.drain_seconds,
             body_timeout=args.body_timeout,
+            prompt_tokens_per_step=args.prompt_tokens_per_step,
         )
         model = Model(args.model, provider=args.provider, threads=args.threads, spin=False)
     except UsageError as exc:

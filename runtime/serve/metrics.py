@@ -43,6 +43,7 @@ class Metrics:
         self.tokens_generated = 0
         self.prompt_tokens = 0
         self.active_rows = 0
+        self.reading_rows = 0  # their prompts being read, a piece per step: neither waiting nor stepping yet
         self.queued_rows = 0
         self.batch_size = Histogram("rnnx_batch_size", "Rows in each batched graph call.", sizes)
         self.ttft = Histogram(
@@ -62,6 +63,7 @@ class Metrics:
             ("rnnx_tokens_generated_total", "counter", "Tokens generated, all rows.", self.tokens_generated),
             ("rnnx_prompt_tokens_total", "counter", "Prompt tokens read, all rows.", self.prompt_tokens),
             ("rnnx_active_rows", "gauge", "Rows in the running batch.", self.active_rows),
+            ("rnnx_reading_rows", "gauge", "Rows whose prompts are being read.", self.reading_rows),
             ("rnnx_queue_length", "gauge", "Rows waiting for a place in the batch.", self.queued_rows),
         ):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
