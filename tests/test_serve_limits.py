@@ -113,14 +113,14 @@ def test_a_long_prompt_is_read_in_pieces_while_the_running_row_keeps_stepping(mo
         asyncio.run(serve())
     finally:
         scheduler.close()
-    # the two 1000-token rows read together, 25 tokens each per step (50 in all); the 333-token row waits for
-    # what is left of each step's 50 and reads once they are done: not one read of a whole long prompt
+    # the two 1000-token rows read side by side, 50 tokens per step; the 333-token row waits for what is left
+    # of each step's 50 (nothing) and reads once they are done: not one read of a whole long prompt
     pieces = [read for read in recording.reads if read[1] >= 0]
-    assert [shape for shape, *_ in pieces] == [(2, 25)] * 40 + [(1, 50)] * 6 + [(1, 33)], pieces
-    assert [seen for _, seen, *_ in pieces] == list(range(pieces[0][1], pieces[0][1] + 47))  # a step between
-    assert [(reading, active) for *_, reading, active in pieces] == [(3, 1)] * 40 + [(1, 3)] * 7
+    assert [shape for shape, *_ in pieces] == [(2, 50)] * 20 + [(1, 50)] * 6 + [(1, 33)], pieces
+    assert [seen for _, seen, *_ in pieces] == list(range(pieces[0][1], pieces[0][1] + 27))  # a step between
+    assert [(reading, active) for *_, reading, active in pieces] == [(3, 1)] * 20 + [(1, 3)] * 7
     assert metrics.reading_rows == 0 and metrics.active_rows == 0
-    # read in 40 or 7 pieces, each row's text is the one `Model.generate` gives from one read
+    # read in 20 or 7 pieces, each row's text is the one `Model.generate` gives from one read
     assert LONG + texts[0] == model.generate(LONG, sampling=sampling(22, 30))
     assert LONG + texts[1] == model.generate_batch([LONG, LONG], sampling=sampling(22, 30))[1]
     assert LONG[:333] + texts[2] == model.generate(LONG[:333], sampling=sampling(23, 30))

@@ -4,7 +4,8 @@
 
 A row joins the batch at the step after its prompt is read (through the prompt path, rows of equal length
 together) and leaves it the moment it finishes, is cancelled or its client goes away. A prompt is read a piece
-per step, at most `prompt_tokens_per_step` tokens (all rows together) between two steps of the batch, the
+per step, at most `prompt_tokens_per_step` token positions (rows of equal length side by side) between two
+steps of the batch, the
 state carried from piece to piece, so a long prompt never stalls the rows already running: it costs them a
 few steps' time per token until it is read, and its own text is the same as if it were read at once. The
 batch's state is
@@ -125,7 +126,8 @@ class Reading:
 class Scheduler:
     """Owns the batch; `submit` from the event loop, everything else on its own thread.
 
-    prompt_tokens_per_step: prompt tokens (all rows together) read between two steps of the batch.
+    prompt_tokens_per_step: prompt token positions read between two steps of the batch (rows of equal length
+        read side by side count once).
     """
 
     def __init__(
@@ -342,18 +344,19 @@ class Scheduler:
                 self._enter(group, state, np.stack([row.start.logits for row in group]))
 
     def _read(self) -> None:
-        """The next piece of the waiting prompts, oldest first, at most `prompt_tokens_per_step` tokens in all (at
-        least one token of the oldest group); the groups read to their end join the batch."""
+        """The next piece of the waiting prompts, oldest first: at most `prompt_tokens_per_step` token positions
+        in all, a group's rows read side by side (a position of g rows costs about one step of g rows, far less
+        than g steps of one); the groups read to their end join the batch."""
         budget = self.prompt_tokens_per_step
-        for n, group in enumerate(list(self._reading)):
-            rows = len(group.rows)
-            if n and budget < rows:  # not a token left for each of its rows: it waits for the next step
+        for group in list(self._reading):
+            if budget <= 0:
                 break
-            piece = min(group.tokens.shape[1] - group.done, max(1, budget // rows))
+            piece = min(group.tokens.shape[1] - group.done, budget)
             tokens = group.tokens[:, group.done : group.done + piece]
             logits, group.state = self.model.read(np.ascontiguousarray(tokens), group.state)
             group.done += piece
-            budget -= piece * rows
+            budget -= piece
+            rows = len(group.rows)
             self.metrics.prompt_tokens += piece * rows
             if group.done == group.tokens.shape[1]:
                 self._reading.remove(group)

@@ -44,8 +44,8 @@ def parser() -> argparse.ArgumentParser:
         "--prompt-tokens-per-step",
         type=int,
         default=32,
-        help="prompt tokens read between two steps of the batch: larger, long prompts join sooner; smaller, "
-        "running streams stall less while they are read (32)",
+        help="prompt tokens read between two steps of the batch (rows of equal length side by side count once): "
+        "larger, long prompts join sooner; smaller, running streams stall less while they are read (32)",
     )
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs time per request)")
     p.add_argument("-v", "--verbose", action="store_true", help="show rnnx's and uvicorn's INFO logs")

@@ -20,8 +20,9 @@ class ServeConfig:
     api_key: str | None = None  # when set, every request needs `Authorization: Bearer <key>`
     drain_seconds: float = 30.0  # on SIGTERM, how long in-flight requests may take to finish
     body_timeout: float = 30.0  # seconds from the headers to the body's last byte; later is a 408
-    # prompt tokens (all rows together) read between two steps of the batch: on the CPU a token through the
-    # prompt path costs about a batch-1 step and a batch-64 step about six, so 32 tokens are ~5 batch-64 steps
+    # prompt token positions read between two steps of the batch (rows of equal length side by side count
+    # once: a position of g rows costs about a step of g rows): on the CPU a prompt token of one row costs
+    # about a batch-1 step and a batch-64 step about six, so 32 tokens are ~5 batch-64 steps
     # (LSTM 1024 and RNN 256 alike) and a 4096-token prompt joins in 128 steps; a piece that short costs the
     # prompt path ~8% (LSTM 1024) to ~25% (RNN 256) of its speed against one call
     prompt_tokens_per_step: int = 32
