@@ -186,9 +186,7 @@ class Scheduler:
             self._stopping = True
             for row in self._queue:
                 row.cancelled = True
-            for row in [*self._rows, *(row for group in self._reading for row in group.rows)]:
-                row.cancelled = True
-            self._purge = True
+            self._purge = True  # the scheduler thread cancels the rows running or being read (its own lists)
             self._cond.notify()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -230,6 +228,9 @@ class Scheduler:
                 self._cond.wait()
             if self._purge:
                 self._sweep()
+            if self._stopping:
+                for row in [*self._rows, *(row for group in self._reading for row in group.rows)]:
+                    row.cancelled = True
             joining = []
             places = self.max_batch - len(self._rows) - sum(len(group.rows) for group in self._reading)
             while self._queue and len(joining) < places:
