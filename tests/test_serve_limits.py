@@ -186,26 +186,29 @@ def test_a_stream_goes_on_past_the_body_timeout(impatient) -> None:
 def test_a_request_that_reaches_a_draining_server_is_503_with_retry_after(model_path: Path) -> None:
     server = start_server(model_path, "--drain-seconds", "600", "--max-tokens", "100000000")
     running, resp = server.open_stream({"prompt": "the", "max_tokens": 100_000_000, "temperature": 0})
-    next(sse_events(resp))  # the drain waits for this stream
-    body = json.dumps({"prompt": "x", "max_tokens": 1}).encode()
-    late = socket.create_connection(("127.0.0.1", server.port), timeout=60)
-    head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n"
-    late.sendall(head.encode())
-    assert late.recv(100).startswith(b"HTTP/1.1 100"), "no 100 Continue"  # the app is reading its body
-    server.proc.send_signal(signal.SIGTERM)
-    end = time.monotonic() + 60
-    while True:  # the drain has begun once the server takes no new connections
-        try:
-            socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
-        except ConnectionRefusedError:
-            break
-        assert time.monotonic() < end, "the server kept taking connections after SIGTERM"
-        time.sleep(0.01)
-    late.sendall(body)
-    status, headers, reply = http_reply(late)
-    late.close()
-    error = json.loads(reply)["error"]
-    assert status == 503 and headers["retry-after"] == "5", (status, headers)
-    assert error["code"] == 503 and "shutting down" in error["message"]
-    running.close()  # the in-flight stream's client goes away: the drain is over
-    assert stop_server(server) == 0
+    try:
+        next(sse_events(resp))  # the drain waits for this stream
+        body = json.dumps({"prompt": "x", "max_tokens": 1}).encode()
+        late = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        late.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode())
+        assert late.recv(100).startswith(b"HTTP/1.1 100"), "no 100 Continue"  # the app is reading its body
+        server.proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + 60
+        while True:  # the drain has begun once the server takes no new connections
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < end, "the server kept taking connections after SIGTERM"
+            time.sleep(0.01)
+        late.sendall(body)
+        status, headers, reply = http_reply(late)
+        late.close()
+        error = json.loads(reply)["error"]
+        assert status == 503 and headers["retry-after"] == "5", (status, headers)
+        assert error["code"] == 503 and "shutting down" in error["message"]
+    finally:
+        running.close()  # the in-flight stream's client goes away: the drain is over
+        code = stop_server(server)
+    assert code == 0
