@@ -9,6 +9,7 @@ took: the scheduler's order is fixed by its loop, and the timeouts are waited fo
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import select
 import signal
@@ -25,7 +26,9 @@ from test_serve import TEXT, sampling, sse_events, start_server, stop_server, wr
 from rnnx.export import export_model
 from rnnx.runtime import Model
 from rnnx.runtime.sampling import RowSampler
+from rnnx.runtime.serve.api import CompletionRequest, plan_rows
 from rnnx.runtime.serve.batcher import End, Row, Scheduler
+from rnnx.runtime.serve.config import ServeConfig
 from rnnx.runtime.serve.metrics import Metrics
 from rnnx.runtime.tokenizer import CharTokenizer
 from rnnx.trainer.checkpoint import save_model
@@ -125,6 +128,57 @@ def test_a_long_prompt_is_read_in_pieces_while_the_running_row_keeps_stepping(mo
     assert LONG + texts[1] == model.generate_batch([LONG, LONG], sampling=sampling(22, 30))[1]
     assert LONG[:333] + texts[2] == model.generate(LONG[:333], sampling=sampling(23, 30))
     assert "the" + running_text[0] == model.generate("the", sampling=sampling(21, running.tokens))
+
+
+def answers(model: Model, piece: int, bodies: list[dict]) -> list[list[tuple[str, End]]]:
+    """Each request's choices (text, last event), all submitted at once to one scheduler that reads `piece`
+    prompt tokens per step; every row, gauge and place is free again at the end."""
+    config = ServeConfig("tiny", max_batch=8, max_queue=8, prompt_tokens_per_step=piece)
+    metrics = Metrics(config.max_batch)
+    scheduler = Scheduler(model, config.max_batch, config.max_queue, metrics, piece)
+    plans = [plan_rows(CompletionRequest(**body), model, config) for body in bodies]
+    out: list[list[tuple[str, End]]] = []
+
+    async def serve() -> None:
+        scheduler.start()
+        for job, rows in [(scheduler.submit(rows), rows) for rows in plans]:
+            texts, ends = [""] * len(rows), [None] * len(rows)
+            while None in ends:
+                await job.wake.wait()
+                job.wake.clear()
+                for i, each in enumerate(rows):
+                    while each.events:
+                        event = each.events.popleft()
+                        if isinstance(event, str):
+                            texts[i] += event
+                        else:
+                            ends[i] = event
+            out.append(list(zip(texts, ends)))
+
+    try:
+        asyncio.run(serve())
+    finally:
+        scheduler.close()
+    assert metrics.reading_rows == 0 and metrics.active_rows == 0 and scheduler.load == 0
+    return out
+
+
+@pytest.mark.parametrize("piece", [1, 39, 40, 41])
+def test_pieces_of_any_size_give_the_text_and_state_of_one_read(model: Model, piece: int) -> None:
+    """A 40-token prompt read a token per step, in pieces of one less, exactly one, or more than its length:
+    choices (n = 2, a stop string), a session resumed from a state token with a new prompt, and the state token
+    of a prompt with nothing generated are the same, to the byte, as when the prompt is read in one call."""
+    prompt = (TEXT * 2)[:40]
+    first = answers(model, 10_000, [{"prompt": "the", "max_tokens": 5, "seed": 3, "return_state": True}])
+    session = base64.b64encode(first[0][0][1].state).decode()
+    bodies = [
+        {"prompt": prompt, "n": 2, "max_tokens": 30, "seed": 4, "stop": ["e "], "top_k": 20},
+        {"prompt": prompt, "state": session, "max_tokens": 20, "seed": 5, "return_state": True},
+        {"prompt": prompt, "max_tokens": 0, "seed": 6, "return_state": True},
+    ]
+    whole = answers(model, 10_000, bodies)
+    assert [len(choices) for choices in whole] == [2, 1, 1] and whole[2][0][1].state is not None
+    assert answers(model, piece, bodies) == whole
 
 
 # -- HTTP ----------------------------------------------------------------------------------------------------------
