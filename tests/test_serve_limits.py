@@ -27,6 +27,7 @@ from rnnx.export import export_model
 from rnnx.runtime import Model
 from rnnx.runtime.sampling import RowSampler
 from rnnx.runtime.serve.api import CompletionRequest, plan_rows
+from rnnx.runtime.serve.app import create_app
 from rnnx.runtime.serve.batcher import End, Row, Scheduler
 from rnnx.runtime.serve.config import ServeConfig
 from rnnx.runtime.serve.metrics import Metrics
@@ -266,3 +267,47 @@ def test_a_request_that_reaches_a_draining_server_is_503_with_retry_after(model_
         running.close()  # the in-flight stream's client goes away: the drain is over
         code = stop_server(server)
     assert code == 0
+
+
+def test_a_late_body_is_408_where_asyncio_has_a_timeout_error_of_its_own(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.10, which rnnx supports, raises asyncio.TimeoutError from wait_for, a class apart from the builtin
+    TimeoutError (one class since 3.11): the Guard answers 408 there too, not a 500 and a traceback."""
+
+    class OwnTimeout(Exception):  # asyncio.TimeoutError as Python 3.10 defines it
+        pass
+
+    async def times_out(awaitable, timeout: float):
+        awaitable.close()
+        raise OwnTimeout
+
+    app = create_app(Model(model_path, provider="cpu", threads=1), ServeConfig("tiny", body_timeout=1))
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        await asyncio.Event().wait()  # the body never comes
+        return {}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"x"), (b"content-length", b"20")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    monkeypatch.setattr(asyncio, "TimeoutError", OwnTimeout)
+    monkeypatch.setattr(asyncio, "wait_for", times_out)
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408, sent[:1]
+    assert b"did not arrive within 1 s" in b"".join(m.get("body", b"") for m in sent[1:])

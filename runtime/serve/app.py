@@ -102,7 +102,7 @@ class Guard:
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 raise BodyTimeout(self.config.body_timeout) from None
             reading = message["type"] == "http.request" and message.get("more_body", False)
             seen += len(message.get("body", b""))
