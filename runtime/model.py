@@ -36,7 +36,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PROVIDERS", "Model", "State"]
 
-MAX_BATCH = 1 << 20  # rows in one run; far past what fits any machine's memory at useful model sizes
+MAX_BATCH = 1 << 16  # rows in one run: 64 times the largest batch measured (1024); more is a mistake, not a batch
+# What one run may hold in rows (state buffers, logits, sampler and bookkeeping): a batch past it is refused up
+# front, before gigabytes are allocated row by row. ROW_BYTES is the Python bookkeeping of a row (its lists,
+# encoded prompt, random generator): about 0.6 KiB held and 1.3 KiB at the peak, measured at 10**5 rows.
+MAX_RUN_BYTES = 4 << 30
+ROW_BYTES = 2 << 10
 
 
 class Model:
@@ -65,9 +70,18 @@ class Model:
             raise UsageError(f"the model path must be a str or Path, got {type(path).__name__}")
         if not is_int(max_bytes) or max_bytes < 1:
             raise UsageError(f"max_bytes must be a positive whole number, got {max_bytes!r}")
+        for name, flag in (("spin", spin), ("cuda_graph", cuda_graph)):
+            if not isinstance(flag, bool | np.bool_):  # "no" would be true: refuse rather than guess
+                raise UsageError(f"{name} must be True or False, got {flag!r}")
         path = Path(path)
         source = str(path)
-        data = read_model_bytes(path, max_bytes)
+        try:  # no file can be larger than the format's limit: a larger max_bytes means that limit
+            data = read_model_bytes(path, min(int(max_bytes), MAX_MODEL_BYTES))
+        except OSError as exc:  # a name too long, permission denied, an I/O error
+            reason = exc.strerror or exc
+            raise ModelFileError(
+                f"{contract._short(source, 200)} could not be read ({reason}): check the path"
+            ) from None
         # the metadata decides whether this is an rnnx model at all, before onnxruntime is asked to load it
         self.info = contract.ModelInfo.from_metadata(read_metadata(data, source), source, len(data))
         self.tokenizer = tokenizer_from_dict(self.info.tokenizer)
@@ -127,7 +141,7 @@ class Model:
     # -- one graph call at a time, state on the host (tests, export checks, prompt ingestion) ------------------
 
     def initial_state(self, batch: int = 1) -> State:
-        _check_batch(batch)
+        _check_batch(batch, self.info)
         shape = (self.info.layers, batch, self.info.hidden)
         return tuple(np.zeros(shape, np.float32) for _ in self.info.state_inputs)
 
@@ -173,7 +187,7 @@ class Model:
 
     def open_steps(self, batch: int) -> Steps:
         """The buffers of one run, on the session's device: what `Generator` feeds every token through."""
-        _check_batch(batch)
+        _check_batch(batch, self.info)
         if self._graph_pool is not None:
             return self._graph_pool.acquire(batch)
         if self.provider == CUDA:
@@ -218,12 +232,14 @@ class Model:
             max_new_tokens; for a character model every token is a word.
         """
         config = _config(sampling, max_new_tokens)
+        batch = _batch(prompts)
+        _check_batch(batch, self.info)  # before any snapshot is decoded or buffer allocated
         decoded = None
         if resume is not None:
             if isinstance(resume, bytes | str) or not isinstance(resume, Sequence):
                 raise UsageError("resume must be a list with one snapshot (bytes) or None per prompt")
             decoded = [None if b is None else snapshots.decode(b, self.info, self.fingerprint) for b in resume]
-        return Generator(self, self.open_steps(_batch(prompts)), prompts, config, decoded, max_new_words)
+        return Generator(self, self.open_steps(batch), prompts, config, decoded, max_new_words)
 
     def stream(
         self,
@@ -270,9 +286,24 @@ class Model:
 ONE_THREAD_BELOW = 512 << 10
 
 
-def _check_batch(batch: object) -> None:
+def _check_batch(batch: object, info: contract.ModelInfo) -> None:
     if not is_int(batch) or not 1 <= batch <= MAX_BATCH:
-        raise UsageError(f"batch must be a whole number from 1 to {MAX_BATCH}, got {batch!r}")
+        raise UsageError(
+            f"batch must be a whole number from 1 to {MAX_BATCH:,}, got {batch!r}: split the prompts into several runs"
+        )
+    need = batch * row_bytes(info)
+    if need > MAX_RUN_BYTES:
+        raise UsageError(
+            f"a run of {batch:,} rows of this model would hold about {need / 2**30:.1f} GiB (at most "
+            f"{MAX_RUN_BYTES >> 30} GiB, {MAX_RUN_BYTES // row_bytes(info):,} rows): "
+            "split the prompts into several runs"
+        )
+
+
+def row_bytes(info: contract.ModelInfo) -> int:
+    """What one row of a run holds at most: three copies of its state (the step buffers and the state it starts
+    from), four of its logits (the buffers, the run's, the sampler's) and its bookkeeping."""
+    return 3 * info.state_bytes + 4 * 4 * info.vocab_size + ROW_BYTES
 
 
 def _small(info: contract.ModelInfo) -> bool:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rnnx.runtime.errors import ModelFileError, UsageError
+from rnnx.runtime.sampling import is_int
 
 if TYPE_CHECKING:
     from rnnx.runtime.model import Model
@@ -79,6 +80,9 @@ def score(model: Model, texts: Iterable[str] | str, *, streams: int = 1, progres
     progress: called with the number of predictions scored so far, every block and at the end.
     """
     check_streams(streams)
+    if progress is not None and not callable(progress):
+        raise UsageError(f"progress must be a function of the predictions scored, got {type(progress).__name__}")
+    streams = int(streams)
     pieces = encode_pieces(texts, model.tokenizer)
     if streams == 1:
         nats, count = _score_in_order(model, pieces, progress)
@@ -104,7 +108,7 @@ def count_tokens(texts: Iterable[str] | str, tokenizer: Tokenizer) -> int:
 
 
 def check_streams(streams: int) -> None:
-    if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= MAX_STREAMS:
+    if not is_int(streams) or not 1 <= streams <= MAX_STREAMS:
         raise UsageError(f"streams must be a whole number from 1 to {MAX_STREAMS}, got {streams!r}")
 
 
@@ -126,6 +130,8 @@ def encode_pieces(texts: Iterable[str] | str, tokenizer: Tokenizer) -> Iterator[
     """
     if isinstance(texts, str):
         texts = (texts,)
+    elif isinstance(texts, bytes | bytearray | memoryview) or not isinstance(texts, Iterable):
+        raise UsageError(f"the text must be a string or chunks of one, got {type(texts).__name__}: give it as str")
     by_char = tokenizer.kind == "char"
     carry = ""
     for chunk in texts:

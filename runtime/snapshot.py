@@ -16,7 +16,8 @@ holds that state and what the run needs to go on exactly where it stopped, and n
     ...     4                CRC-32 of everything before it
 
 Everything is checked on load (`decode`): magic, version, exact length, checksum, the model's fingerprint and
-sizes, finite numbers, a valid token id. No pickle, no code: numbers in a fixed layout.
+sizes, finite numbers, a valid token id, the random generator's odd increment and 0/1 flag, zero padding bits.
+No pickle, no code: numbers in a fixed layout.
 """
 
 from __future__ import annotations
@@ -119,11 +120,18 @@ def decode(blob: bytes, info: contract.ModelInfo, fingerprint: str) -> Snapshot:
     logits = floats[tensors * per_tensor :].copy()
     offset += floats.nbytes
     bits = np.frombuffer(blob, np.uint8, count=(vocab + 7) // 8, offset=offset)
+    if vocab % 8 and bits[-1] >> (vocab % 8):  # `encode` pads the last byte with zeros
+        raise UsageError("the snapshot marks tokens past the vocabulary as seen: take a new one")
     seen = np.unpackbits(bits, count=vocab, bitorder="little").astype(bool)
+    inc = int.from_bytes(pcg_inc, "little")
+    # numpy's PCG64 increment is always odd and has_uint32 a flag: anything else was not written by `encode`,
+    # and numpy would quietly make it fit (another random stream than the snapshot's)
+    if not inc & 1 or has32 > 1:
+        raise UsageError("the snapshot's random generator state is not numpy PCG64's: take a new one")
     rng_state = {
         "bit_generator": "PCG64",
-        "state": {"state": int.from_bytes(pcg_state, "little"), "inc": int.from_bytes(pcg_inc, "little") | 1},
-        "has_uint32": has32 & 1,
+        "state": {"state": int.from_bytes(pcg_state, "little"), "inc": inc},
+        "has_uint32": has32,
         "uinteger": uint,
     }
     return Snapshot(state, logits, last_id, rng_state, seen)

@@ -272,6 +272,12 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     if kind not in ("char", "word"):
         raise ModelFileError(f"unknown tokenizer kind {repr(kind)[:40]}: this rnnx reads 'char' and 'word'")
     vocab = _check_vocab(data.get("vocab"), kind)
+    unk_id = data.get("unk_id", UNK_ID)
+    if type(unk_id) is not int or unk_id != UNK_ID:  # id 0 is the unknown token; this rnnx knows no other
+        raise ModelFileError(
+            f"the tokenizer names {repr(unk_id)[:40]} as its unknown token, not {UNK_ID}: "
+            "a newer rnnx may read the model"
+        )
     if kind == "char":
         return CharTokenizer(tuple(vocab))
     return _word_from_dict(data)

@@ -90,6 +90,8 @@ def test_word_rules_travel_in_dict() -> None:
         ({"vocab": ["a", "<unk>"]}, "vocabulary"),
         ({"kind": "bpe"}, "bpe"),
         ({"kind": "x" * 10_000}, "unknown tokenizer kind"),
+        ({"unk_id": 5}, "names 5 as its unknown token"),  # id 0 is the unknown token: another id is not ignored
+        ({"unk_id": False}, "names False as its unknown token"),
     ],
 )
 def test_malformed_word_dict_refused(change: dict, words: str) -> None:
