@@ -88,6 +88,12 @@ def decode(blob: bytes, info: contract.ModelInfo, fingerprint: str) -> Snapshot:
     """The snapshot in `blob`, or a UsageError (not a snapshot) / ModelFileError (another model's) saying why."""
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise UsageError(f"a snapshot is bytes from Generator.snapshot, got {type(blob).__name__}")
+    size = blob.nbytes if isinstance(blob, memoryview) else len(blob)
+    if size > expected_size(info):  # before a byte is copied or summed: a gigabyte is refused at once
+        raise UsageError(
+            f"{size:,} bytes are more than a snapshot of this model takes ({expected_size(info):,}): "
+            "pass one blob from Generator.snapshot per row"
+        )
     blob = bytes(blob)
     if len(blob) < _HEAD.size + _CRC.size or blob[: len(MAGIC)] != MAGIC:
         raise UsageError("these bytes are not an rnnx snapshot (take one with Generator.snapshot)")

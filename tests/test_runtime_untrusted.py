@@ -132,6 +132,18 @@ def test_seen_bits_past_the_vocabulary_are_refused(model: Model, blob: bytes) ->
         model.generator([""], SAMPLED, resume=[with_crc(bytes(bad))])
 
 
+def test_a_blob_longer_than_a_snapshot_is_refused_before_it_is_copied_or_summed(
+    model: Model, blob: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summed = []
+    monkeypatch.setattr(snapshots.zlib, "crc32", lambda data: summed.append(len(data)) or 0)
+    huge = bytearray(blob[:10]) + bytearray(64 << 20)  # the magic and version, then 64 MiB
+    for bad in (huge, memoryview(huge), blob + b"\0"):  # a gigabyte took 3.3 s: copied, then checksummed
+        with pytest.raises(UsageError, match="more than a snapshot of this model takes \\(279\\)"):
+            model.generator([""], resume=[bad])
+    assert not summed
+
+
 @settings(max_examples=300, deadline=None)
 @given(bit=st.integers(0, 8 * 275 - 1))
 def test_a_blob_with_any_bit_flipped_is_refused_or_reads_back_exactly(model: Model, blob: bytes, bit: int) -> None:
