@@ -163,7 +163,7 @@ class ModelInfo:
                 layers=_size(meta[META_LAYERS]),
                 hidden=_size(meta[META_HIDDEN]),
                 vocab_size=_size(meta[META_VOCAB_SIZE]),
-                tokenizer=json.loads(meta[META_TOKENIZER]),
+                tokenizer=_json(meta[META_TOKENIZER]),
                 producer=meta[META_PRODUCER],
                 weights=meta.get(META_WEIGHTS, "fp32"),
                 format_version=version,
@@ -200,7 +200,7 @@ def _generation(text: str, source: str) -> dict[str, Any]:
             f"{source}: its generation settings take {len(text):,} characters, more than rnnx ever writes "
             f"({MAX_GENERATION_CHARS}): re-export it"
         )
-    return check_generation(json.loads(text), source)
+    return check_generation(_json(text), source)
 
 
 def check_generation(settings: Any, source: str) -> dict[str, Any]:
@@ -217,6 +217,18 @@ def check_generation(settings: Any, source: str) -> dict[str, Any]:
     except UsageError as exc:
         raise ModelFileError(f"{source}: bad generation setting ({exc}): re-export it") from None
     return settings
+
+
+def _json(text: str) -> Any:
+    """JSON from a model file; a whole number longer than any rnnx writes is malformed (Python's own refusal of
+    a 4,300-digit one would tell the user to raise `sys.set_int_max_str_digits`)."""
+    return json.loads(text, parse_int=_json_int)
+
+
+def _json_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > 20:
+        raise ValueError(f"a number of {len(digits):,} digits")
+    return int(digits)
 
 
 def _short(text: str, most: int = 40) -> str:

@@ -205,6 +205,8 @@ class Model:
             raise UsageError(f"the prompt must be a string, got {type(prompt).__name__}")
         if not is_int(length):
             raise UsageError(f"the length must be a whole number, got {length!r}")
+        if not isinstance(words, bool | np.bool_):
+            raise UsageError(f"words must be True or False, got {words!r}")
         ids = self.tokenizer.encode(prompt)
         if not ids:
             raise UsageError("the seed text is empty: give at least one token to start from")

@@ -181,6 +181,9 @@ def test_outputs_are_checked_like_inputs(proto: onnx.ModelProto, tmp_path: Path)
         ("rnnx.hidden", "-8", "malformed"),
         ("rnnx.format_version", "0", "format_version"),
         ("rnnx.tokenizer", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        # Python's own message said to raise sys.set_int_max_str_digits: no advice for a broken file
+        ("rnnx.tokenizer", '{"kind": "char", "unk_id": ' + "1" * 5000 + "}", "a number of 5,000 digits\\): re-export"),
+        ("rnnx.generation", '{"top_k": ' + "9" * 30 + "}", "a number of 30 digits"),
     ],
 )
 def test_sizes_the_file_cannot_hold_are_refused(

@@ -84,6 +84,11 @@ def test_flags_must_be_booleans(path: Path, kwargs: dict) -> None:
         Model(path, provider="cpu", **kwargs)
 
 
+def test_new_tokens_for_length_takes_words_as_a_flag(model: Model) -> None:
+    with pytest.raises(UsageError, match="words must be True or False"):  # "no" counted words
+        model.new_tokens_for_length("abc", 5, words="no")  # type: ignore[arg-type]
+
+
 # -- runs too big to hold ------------------------------------------------------------------------------------------
 
 
