@@ -227,3 +227,16 @@ def test_a_graph_that_fails_while_running_is_one_error(tmp_path: Path) -> None:
         loaded = Model(path, provider="cpu")
         with pytest.raises(ModelFileError, match="failed while running .*re-export it"):
             loaded.generate("abc", 5)
+
+
+def test_shapes_that_are_not_utf8_are_one_error(proto: onnx.ModelProto, tmp_path: Path) -> None:
+    """A dimension name onnxruntime cannot decode (a flipped bit did this) raised UnicodeDecodeError."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    copy.graph.output[1].type.tensor_type.shape.dim[1].dim_param = "QZQZQ"
+    data = copy.SerializeToString()
+    assert data.count(b"QZQZQ") == 1
+    path = tmp_path / "bytes.onnx"
+    path.write_bytes(data.replace(b"QZQZQ", b"\xe1ZQZQ"))
+    with pytest.raises(ModelFileError, match="bytes.onnx is corrupt .*not text"):
+        Model(path, provider="cpu")
