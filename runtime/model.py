@@ -240,6 +240,10 @@ class Model:
         if resume is not None:
             if isinstance(resume, bytes | str) or not isinstance(resume, Sequence):
                 raise UsageError("resume must be a list with one snapshot (bytes) or None per prompt")
+            if len(resume) != batch:  # before a blob is decoded: a million of them take half a minute
+                raise UsageError(
+                    f"resume must hold one snapshot (or None) per prompt: {len(resume)} for {batch} prompts"
+                )
             decoded = [None if b is None else snapshots.decode(b, self.info, self.fingerprint) for b in resume]
         return Generator(self, self.open_steps(batch), prompts, config, decoded, max_new_words)
 

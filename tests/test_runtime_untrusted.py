@@ -101,6 +101,16 @@ def test_a_million_rows_are_refused_at_once(model: Model) -> None:
         model.initial_state(models.MAX_BATCH + 1)
 
 
+def test_resume_of_another_length_is_refused_before_any_blob_is_decoded(
+    model: Model, blob: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded = []
+    monkeypatch.setattr(snapshots, "decode", lambda *args: decoded.append(1))
+    with pytest.raises(UsageError, match="1000 for 1 prompts"):
+        model.generator([""], resume=[blob] * 1000)
+    assert not decoded
+
+
 def test_a_run_is_bounded_by_the_memory_its_rows_hold(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
     per_row = models.row_bytes(model.info)
     assert per_row == 3 * 2 * 2 * 8 * 4 + 4 * 4 * 11 + models.ROW_BYTES
