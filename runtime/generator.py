@@ -97,6 +97,22 @@ class Generator:
     ) -> None:
         self._closer = weakref.finalize(self, steps.close)  # buffers go back even if never closed
         self._steps: Steps | None = steps
+        try:
+            self._start(model, steps, prompts, sampling, resume, max_new_words)
+        except BaseException:  # a run that never started gives its (maybe pooled) buffers back now
+            self._closer()
+            self._steps = None
+            raise
+
+    def _start(
+        self,
+        model: Model,
+        steps: Steps,
+        prompts: Sequence[str],
+        sampling: SamplingConfig,
+        resume: Sequence[snapshots.Snapshot | None] | None,
+        max_new_words: int | None,
+    ) -> None:
         prompts = _texts(prompts, None, "prompts")
         batch = len(prompts)
         resume = list(resume) if resume is not None else [None] * batch

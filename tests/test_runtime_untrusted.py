@@ -89,6 +89,29 @@ def test_new_tokens_for_length_takes_words_as_a_flag(model: Model) -> None:
         model.new_tokens_for_length("abc", 5, words="no")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"prompts": [""]}, {"prompts": ["a", 5]}, {"prompts": ["a"], "max_new_words": -1}],
+    ids=["empty-seed", "not-text", "negative-words"],
+)
+def test_a_run_that_cannot_start_gives_its_buffers_back_at_once(
+    model: Model, monkeypatch: pytest.MonkeyPatch, kwargs: dict
+) -> None:
+    """Pooled CUDA-graph buffers stayed lent while the exception (and so the half-made run) was alive."""
+    closed = []
+    real = model.open_steps
+
+    def counted(batch: int):
+        steps = real(batch)
+        monkeypatch.setattr(steps, "close", lambda: closed.append(batch), raising=False)
+        return steps
+
+    monkeypatch.setattr(model, "open_steps", counted)
+    with pytest.raises(UsageError) as caught:
+        model.generator(kwargs.pop("prompts"), **kwargs)
+    assert caught.traceback and len(closed) == 1  # closed while the traceback still holds the half-made run
+
+
 # -- runs too big to hold ------------------------------------------------------------------------------------------
 
 
