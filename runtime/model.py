@@ -292,17 +292,19 @@ class Model:
 ONE_THREAD_BELOW = 512 << 10
 
 
+_FEWER_ROWS = "split the prompts into several runs (or score with fewer streams)"
+
+
 def _check_batch(batch: object, info: contract.ModelInfo) -> None:
-    if not is_int(batch) or not 1 <= batch <= MAX_BATCH:
-        raise UsageError(
-            f"batch must be a whole number from 1 to {MAX_BATCH:,}, got {batch!r}: split the prompts into several runs"
-        )
+    if not is_int(batch) or batch < 1:
+        raise UsageError(f"batch must be a whole number from 1 to {MAX_BATCH:,}, got {batch!r}")
+    if batch > MAX_BATCH:
+        raise UsageError(f"a batch of {batch:,} rows is more than one run takes ({MAX_BATCH:,}): {_FEWER_ROWS}")
     need = batch * row_bytes(info)
     if need > MAX_RUN_BYTES:
         raise UsageError(
             f"a run of {batch:,} rows of this model would hold about {need / 2**30:.1f} GiB (at most "
-            f"{MAX_RUN_BYTES >> 30} GiB, {MAX_RUN_BYTES // row_bytes(info):,} rows): "
-            "split the prompts into several runs"
+            f"{MAX_RUN_BYTES >> 30} GiB, {MAX_RUN_BYTES // row_bytes(info):,} rows): {_FEWER_ROWS}"
         )
 
 
