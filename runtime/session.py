@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 
+import numpy as np
 import onnxruntime as ort
 
 from rnnx.runtime import contract
@@ -33,7 +34,7 @@ def session_options(threads: int, spin: bool) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one small graph: nothing to run side by side
     options.log_severity_level = 3
     if threads:
-        options.intra_op_num_threads = threads  # 0 leaves it to onnxruntime: one per physical core
+        options.intra_op_num_threads = int(threads)  # 0 leaves it to onnxruntime: one per physical core
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return options
 
@@ -91,7 +92,7 @@ def open_session(
     """A session on `provider`: auto takes CUDA only when a CUDA session really comes up, else the CPU."""
     if provider not in PROVIDERS:
         raise UsageError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
-    if not isinstance(threads, int) or threads < 0:
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 0:
         raise UsageError(f"threads must be 0 (onnxruntime decides) or positive, got {threads!r}")
     most = 4 * (os.cpu_count() or 1)  # far past this, onnxruntime spends ages starting threads that only contend
     if threads > most:

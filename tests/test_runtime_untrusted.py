@@ -84,6 +84,16 @@ def test_flags_must_be_booleans(path: Path, kwargs: dict) -> None:
         Model(path, provider="cpu", **kwargs)
 
 
+@pytest.mark.parametrize("threads", [True, -1, 1.5, "2"])
+def test_threads_must_be_a_count(path: Path, threads: object) -> None:
+    with pytest.raises(UsageError, match="threads"):
+        Model(path, provider="cpu", threads=threads)
+
+
+def test_threads_may_be_a_numpy_integer(path: Path) -> None:
+    assert Model(path, provider="cpu", threads=np.int64(1)).device == "cpu"
+
+
 def test_new_tokens_for_length_takes_words_as_a_flag(model: Model) -> None:
     with pytest.raises(UsageError, match="words must be True or False"):  # "no" counted words
         model.new_tokens_for_length("abc", 5, words="no")  # type: ignore[arg-type]
