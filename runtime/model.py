@@ -102,7 +102,7 @@ class Model:
                 raise UsageError(f"{source} has {self.info.weights} weights, which run on the CPU only: use cpu")
             log.info("%s has %s weights: running on the CPU", source, self.info.weights)
             session = open_session(data, "cpu", source, threads=threads, spin=spin)
-        _check_io(session, self.info, source)
+        check_io(session, self.info, source)
         self.session = session
         self.path = path
         self.provider = session.get_providers()[0]
@@ -111,7 +111,7 @@ class Model:
             where = "cuda" if self.provider == CUDA else "cpu"
             prompt_threads = 1 if _small(self.info) else threads  # `threads` is a ceiling, not a demand
             prompt_session = open_session(prompt_data, where, source, threads=prompt_threads, spin=spin)
-            _check_io(prompt_session, self.info, source, prompt=True)
+            check_io(prompt_session, self.info, source, prompt=True)
         self._outputs = list(contract.step_outputs(self.info.cell))
         self._graph_pool = None
         self._run_options = None
@@ -314,17 +314,6 @@ def row_bytes(info: contract.ModelInfo) -> int:
     """What one row of a run holds at most: three copies of its state (the step buffers and the state it starts
     from), four of its logits (the buffers, the run's, the sampler's) and its bookkeeping."""
     return 3 * info.state_bytes + 4 * 4 * info.vocab_size + ROW_BYTES
-
-
-def _check_io(session: ort.InferenceSession, info: contract.ModelInfo, source: str, prompt: bool = False) -> None:
-    """`check_io`, with a graph whose declared shapes are not UTF-8 text (onnxruntime raises on reading them)
-    refused like any other corrupt file."""
-    try:
-        check_io(session, info, source, prompt=prompt)
-    except UnicodeDecodeError:
-        raise ModelFileError(
-            f"{source} is corrupt (its inputs or outputs hold bytes that are not text): re-export it"
-        ) from None
 
 
 def _small(info: contract.ModelInfo) -> bool:

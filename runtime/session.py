@@ -136,8 +136,13 @@ def check_io(session: ort.InferenceSession, info: contract.ModelInfo, source: st
     """Refuse a path whose inputs or outputs are not the ones the contract names for its cell: names, element
     types, and sizes (layers, hidden and vocabulary fixed in the graph and equal to the metadata; batch and
     length dynamic). `prompt` picks the prompt path's names instead of the step path's."""
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name: o for o in session.get_outputs()}
+    try:  # onnxruntime decodes names and declared shapes as UTF-8 here: a flipped bit makes that raise
+        inputs = {i.name: (i.type, i.shape) for i in session.get_inputs()}
+        outputs = {o.name: (o.type, o.shape) for o in session.get_outputs()}
+    except UnicodeDecodeError:
+        raise ModelFileError(
+            f"{source} is corrupt (its inputs or outputs hold bytes that are not text): re-export it"
+        ) from None
     tokens = contract.PROMPT if prompt else contract.TOKENS
     want_in = (tokens, *info.state_inputs)
     want_out = contract.prompt_outputs(info.cell) if prompt else contract.step_outputs(info.cell)
@@ -151,15 +156,14 @@ def check_io(session: ort.InferenceSession, info: contract.ModelInfo, source: st
     shapes = {tokens: (None, None) if prompt else (None,), want_out[0]: (None, info.vocab_size)}
     for name in (*info.state_inputs, *want_out[1:]):
         shapes[name] = state_shape
-    for name, arg in {**inputs, **outputs}.items():
-        if arg.type != types.get(name, "tensor(float)"):
+    for name, (kind, shape) in {**inputs, **outputs}.items():
+        if kind != types.get(name, "tensor(float)"):
             raise ModelFileError(
-                f"{source}: {name} is {arg.type}, the rnnx contract says {types.get(name, 'tensor(float)')}: "
-                "re-export it"
+                f"{source}: {name} is {kind}, the rnnx contract says {types.get(name, 'tensor(float)')}: re-export it"
             )
-        if not _fits(arg.shape, shapes[name]):
+        if not _fits(shape, shapes[name]):
             raise ModelFileError(
-                f"{source}: {name} has shape {arg.shape}, which disagrees with its metadata "
+                f"{source}: {name} has shape {shape}, which disagrees with its metadata "
                 f"(layers {info.layers}, hidden {info.hidden}, vocabulary {info.vocab_size}): re-export it"
             )
 
