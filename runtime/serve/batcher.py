@@ -295,11 +295,10 @@ class Scheduler:
 
     def _drop_cancelled(self) -> None:
         for group in self._reading:
-            if any(row.cancelled for row in group.rows):
-                for row in group.rows:
-                    if row.cancelled:
-                        self._emit(row, End("cancelled"))
-                gone = [row for row in group.rows if row.cancelled]
+            gone = [row for row in group.rows if row.cancelled]
+            if gone:
+                for row in gone:
+                    self._emit(row, End("cancelled"))
                 self._leave(gone)
                 self.metrics.reading_rows -= len(gone)
                 group.keep([i for i, row in enumerate(group.rows) if not row.cancelled])
